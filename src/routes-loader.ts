@@ -7,7 +7,7 @@
  * from. Here all files are read and checked first. plugins/ is still loaded with autoload (src/app.ts).
  */
 import { readdir } from 'node:fs/promises'
-import { basename, extname, join, relative } from 'node:path'
+import { basename, join, relative } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { Value } from '@sinclair/typebox/value'
 import type { TSchema } from '@sinclair/typebox'
@@ -44,6 +44,22 @@ class Problems {
   }
 }
 
+/** The literal values a union of literals (possibly nested, next to array forms) allows, or null. */
+function constChoices (schema: TSchema): string[] | null {
+  if (!Array.isArray(schema.anyOf)) return null
+  const out: string[] = []
+  for (const s of schema.anyOf as TSchema[]) {
+    if ('const' in s) out.push(String(s.const))
+    else if (s.type === 'array') continue
+    else {
+      const inner = constChoices(s)
+      if (inner === null) return null
+      out.push(...inner)
+    }
+  }
+  return out.length > 0 ? out : null
+}
+
 /** TypeBox errors with precise paths: a union of objects is explained by its object member. */
 function schemaErrors (schema: TSchema, value: unknown, base = ''): Array<{ path: string, message: string }> {
   const out: Array<{ path: string, message: string }> = []
@@ -51,7 +67,9 @@ function schemaErrors (schema: TSchema, value: unknown, base = ''): Array<{ path
     const member = Array.isArray(e.schema.anyOf) && typeof e.value === 'object' && e.value !== null && !Array.isArray(e.value)
       ? (e.schema.anyOf as TSchema[]).find((s) => s.type === 'object')
       : undefined
+    const choices = typeof e.value === 'string' ? constChoices(e.schema) : null
     if (member !== undefined) out.push(...schemaErrors(member, e.value, base + e.path))
+    else if (choices !== null) out.push({ path: base + e.path, message: `expected one of ${choices.join(', ')}, got ${JSON.stringify(e.value)}` })
     else out.push({ path: base + e.path, message: e.message === 'Unexpected property' ? 'unknown field' : e.message })
   }
   // Value.Errors reports a union failure once per level; keep the first of each path.
@@ -196,7 +214,7 @@ function compileRewrite (p: Problems, file: string, where: string, prefix: strin
     parts.push(route.rewrite.slice(last))
     return { kind: 'template', parts: parts.filter((x) => x !== '') }
   }
-  if (fileRewrite !== undefined && !fileRewrite.startsWith('/')) p.add(file, where, 'rewrite', `must start with "/", got ${JSON.stringify(fileRewrite)}`)
+  if (fileRewrite !== undefined && fileRewrite !== '' && !fileRewrite.startsWith('/')) p.add(file, where, 'rewrite', `must start with "/", got ${JSON.stringify(fileRewrite)}`)
   return { kind: 'prefix', fromLength: prefix.length, to: (fileRewrite ?? prefix).replace(/\/$/, '') }
 }
 
@@ -231,17 +249,28 @@ export function compileDeclarations (sources: readonly DeclarationSource[], conf
       const decl = declarationOf(item)
       if (decl === null) { p.add(file, '', 'default export', 'is not a declaration: use defineRoutes, defineUpstream or definePlans from the gateway'); continue }
       const errors = schemaErrors(SCHEMAS[decl.kind], decl.value)
+      // A route with a schema error is left out of compiling; its siblings still are, so their own problems
+      // (durations, duplicates, rewrites) are reported in the same run.
+      const badRoutes = new Set<number>()
+      let usable = true
       for (const e of errors) {
         if (decl.kind === 'routes') {
           const m = /^\/routes\/(\d+)(\/.*)?$/.exec(e.path)
           const rd = decl.value as RoutesDeclaration
-          if (m !== null) p.add(file, routeIdOf(rd, rd.routes?.[Number(m[1])], Number(m[1])), toField(m[2] ?? ''), e.message)
-          else p.add(file, `routes for ${String(rd.upstream)}`, toField(e.path), e.message)
+          if (m !== null) {
+            badRoutes.add(Number(m[1]))
+            p.add(file, routeIdOf(rd, rd.routes?.[Number(m[1])], Number(m[1])), toField(m[2] ?? ''), e.message)
+          } else { usable = false; p.add(file, `routes for ${String(rd.upstream)}`, toField(e.path), e.message) }
         } else if (decl.kind === 'upstream') {
+          usable = false
           p.add(file, `upstream ${String((decl.value as UpstreamDeclaration).name)}`, toField(e.path), e.message)
-        } else p.add(file, 'plans', toField(e.path), e.message)
+        } else { usable = false; p.add(file, 'plans', toField(e.path), e.message) }
       }
-      if (errors.length === 0) found.push({ file, plugin: item as DeclaredPlugin, decl })
+      if (!usable) continue
+      if (badRoutes.size > 0 && decl.kind === 'routes') {
+        const routes = decl.value.routes.filter((_r, i) => !badRoutes.has(i))
+        if (routes.length > 0) found.push({ file, plugin: item as DeclaredPlugin, decl: { kind: 'routes', value: { ...decl.value, routes } } })
+      } else found.push({ file, plugin: item as DeclaredPlugin, decl })
     }
   }
 
@@ -326,5 +355,3 @@ export async function loadDeclarations (config: GatewayConfig, defaultDir: strin
   const sources = given ?? await readRouteFiles(config.routesDir ?? defaultDir)
   return compileDeclarations(sources, config)
 }
-
-export const _internal = { schemaErrors, extname }
