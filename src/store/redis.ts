@@ -214,7 +214,12 @@ export class RedisStore implements Store {
       this.subscriber = new Redis(this.opts.url, { ...this.clientOptions(), enableOfflineQueue: true, maxRetriesPerRequest: null, commandTimeout: undefined, enableAutoPipelining: false })
       this.track(this.subscriber, false)
       this.subscriber.on('message', (c: string, m: string) => { for (const l of this.listeners.get(c) ?? []) l(m) })
-      this.subscriber.connect().catch(() => { /* keeps reconnecting; state is reported by the main client */ })
+      // wait for the connection when Redis is there (so a publish right after this resolves is received),
+      // but never longer than the connect timeout: while Redis is away, boot goes on and ioredis keeps trying
+      const connected = this.subscriber.connect().catch(() => { /* keeps reconnecting; the main client reports state */ })
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([connected, new Promise((resolve) => { timer = setTimeout(resolve, this.opts.connectTimeoutMs ?? 2000) })])
+      clearTimeout(timer)
     }
     let set = this.listeners.get(ch)
     if (set === undefined) {
