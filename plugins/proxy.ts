@@ -96,7 +96,13 @@ function countedBody (stream: Readable, limit: number): Readable {
   const counter = new Readable({ read () { stream.resume() } })
   stream.on('data', (chunk: Buffer) => {
     seen += chunk.length
-    if (seen > limit) { stream.destroy(); counter.destroy(new GW_ERR_BODY_TOO_LARGE(limit)); return }
+    if (seen > limit) {
+      // stop forwarding and discard the rest; the 413 closes the connection once it is sent
+      stream.removeAllListeners('data')
+      stream.resume()
+      counter.destroy(Object.assign(new GW_ERR_BODY_TOO_LARGE(limit), { headers: { connection: 'close' } }))
+      return
+    }
     if (!counter.push(chunk)) stream.pause()
   })
   stream.on('end', () => counter.push(null))
@@ -186,8 +192,12 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
       }
       reply.code(res.statusCode)
       const h = res.headers
+      const connection = h.connection
+      const listed = connection !== undefined && connection !== 'keep-alive' && connection !== 'close'
+        ? new Set(String(connection).toLowerCase().split(',').map((s) => s.trim()))
+        : null
       for (const name in h) {
-        if (RESPONSE_DROP.has(name)) continue
+        if (RESPONSE_DROP.has(name) || (listed !== null && listed.has(name))) continue
         const v = h[name]
         if (v !== undefined) reply.header(name, v)
       }

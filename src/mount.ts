@@ -29,13 +29,14 @@ function hasBodySchema (r: RoutePolicy): boolean {
 export function mountRoutes (scope: FastifyInstance, routes: readonly RoutePolicy[], declarations: Declarations): void {
   const explicitHead = new Set(declarations.routes.filter((r) => r.methods.includes('HEAD')).map((r) => r.url))
   const options = (r: RoutePolicy, app: FastifyInstance): RouteOptions => ({
-    // Fastify and Ajv write into these; the policy itself stays frozen
-    method: [...r.methods] as RouteOptions['method'],
+    // HEAD of a GET route is proxied as HEAD by the same handler (Fastify's own HEAD routes would rewrite the
+    // upstream's content-length). A copy: Fastify and Ajv write into these; the policy itself stays frozen.
+    method: (r.methods.includes('GET') && !r.methods.includes('HEAD') && !explicitHead.has(r.url) ? [...r.methods, 'HEAD'] : [...r.methods]) as RouteOptions['method'],
     url: r.url,
     config: { gw: r },
     ...(r.schema !== null ? { schema: structuredClone(r.schema) } : {}),
     ...(r.bodyLimit !== null ? { bodyLimit: r.bodyLimit } : {}),
-    exposeHeadRoute: !explicitHead.has(r.url),
+    exposeHeadRoute: false,
     handler: app.gwProxy.handlerFor(r),
   })
   scope.register(async function streamedBodies (app) {
