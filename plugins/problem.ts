@@ -4,8 +4,8 @@
  */
 import fp from 'fastify-plugin'
 import { STATUS_CODES } from 'node:http'
-import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { GW_ERR_NOT_FOUND } from '../src/errors.js'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify'
+import { ERROR_DOCS, GW_ERR_NOT_FOUND } from '../src/errors.js'
 
 /** Codes from Fastify itself that clients cause: mapped to our own types, keeping their status. */
 const FASTIFY_CLIENT_ERRORS: Record<string, string> = {
@@ -50,6 +50,13 @@ async function gwProblem (app: FastifyInstance): Promise<void> {
     if (headers !== undefined) reply.headers(headers)
     const detail = status >= 500 ? (status === 500 ? 'The gateway could not complete the request' : err.message) : err.message
     return sendProblem(request, reply, status, status === 500 ? 'GW_ERR_INTERNAL' : code, detail)
+  })
+  // the problem `type` URIs resolve to their documentation
+  app.get('/problems/:code', { schema: { hide: true } as FastifySchema }, async (request, reply) => {
+    const code = (request.params as { code: string }).code
+    const description = Object.hasOwn(ERROR_DOCS, code) ? ERROR_DOCS[code] : undefined
+    if (description === undefined) return sendProblem(request, reply, 404, 'GW_ERR_NOT_FOUND', `No problem type ${code}`)
+    return { type: problemType(code), code, description }
   })
   app.setNotFoundHandler(function notFound (request, reply) {
     const err = new GW_ERR_NOT_FOUND(request.method, request.url.split('?', 1)[0])
