@@ -1,25 +1,41 @@
 /**
- * gw-proxy: forwards each declared route to a target of its upstream service.
+ * gw-proxy: forwards each declared route to a target of its upstream service, and owns the upstream pools
+ * (src/upstream/): balancing, active health checks, passive ejection, retries, timeouts.
  *
  * Built on undici's Pool directly rather than @fastify/reply-from: reply-from has no load balancing
  * (fastify-reply-from#208), retries only the same base URL, and its per-request stream machinery is what the
  * benchmarks found most expensive (../shared/PERFORMANCE.md). Here small bodies are buffered and sent as one
  * Buffer (no stream pipeline), large or unknown-length bodies stream, and the reply still goes through Fastify's
  * onSend/onResponse (cache, compression, metrics, access log), unlike a hijacked reply.
+ *
+ * One request, one loop: pick a target -> send -> on a connection failure or a retryable status, report the
+ * failure to the pool (passive health) and, when the request may go again, pick ANOTHER target, within
+ * retry.tries and the upstream's retry budget. What may go again:
+ * - GET, HEAD, OPTIONS, PUT, DELETE (idempotent, RFC 9110 §9.2.2): after a connection failure (refused, connect
+ *   timeout, reset before the answer was read), or an answer whose status is in retry.statuses;
+ * - POST, PATCH: only when the connection could not be opened (refused, connect timeout, DNS): then no byte of
+ *   the request left the gateway. Never after that, and never for a retryable status.
+ * - only a body the gateway still holds: none, a validated JSON body, or a streamed body with a Content-Length
+ *   up to BUFFER_LIMIT, which is read first for that reason when the upstream retries at all. A larger or
+ *   chunked body streams through and its request is never retried.
+ * Timeouts (first byte, whole response) are not retried: the target may be working on the request, and the
+ * client's wait is spent. A body that fails to arrive after its headers is retried like a reset when nothing
+ * was sent to the client yet (buffered answers); a streamed answer that breaks ends the client's connection.
  */
 import fp from 'fastify-plugin'
+import { performance } from 'node:perf_hooks'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
 import type { IncomingHttpHeaders } from 'node:http'
 import { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import type { GatewayConfig } from '../src/config.js'
-import type { Declarations, RoutePolicy, Rewrite } from '../src/policy.js'
-import { IDENTITY_HEADERS } from '../src/client.js'
+import type { Declarations, RoutePolicy } from '../src/policy.js'
 import { UpstreamPool, type Target } from '../src/upstream/pool.js'
-import {
-  GW_ERR_BAD_PATH, GW_ERR_BODY_TOO_LARGE, GW_ERR_NO_HEALTHY_TARGET, GW_ERR_UPSTREAM_BAD_RESPONSE, GW_ERR_UPSTREAM_RESET,
-  GW_ERR_UPSTREAM_TIMEOUT, GW_ERR_UPSTREAM_UNAVAILABLE,
-} from '../src/errors.js'
+import { compilePath } from '../src/upstream/rewrite.js'
+import { compileForwardHeaders, connectionListed, HOP_BY_HOP } from '../src/upstream/forward-headers.js'
+import { clientFault, codeOf, CONNECT_FAILURES, CONNECTION_FAILURES, noHealthyTarget, UPSTREAM_TIMEOUT, upstreamError } from '../src/upstream/failures.js'
+import { upstreamCa } from '../src/upstream/target.js'
+import { GW_ERR_BAD_PATH, GW_ERR_BAD_REQUEST, GW_ERR_BODY_TOO_LARGE } from '../src/errors.js'
 
 export interface GatewayProxy {
   handlerFor (policy: RoutePolicy): RouteHandlerMethod
@@ -34,62 +50,12 @@ declare module 'fastify' {
 /** Bodies up to this size are collected and sent as one Buffer; larger ones stream. */
 export const BUFFER_LIMIT = 256 * 1024
 
-const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade']
-const RESPONSE_DROP = new Set([...HOP_BY_HOP, 'date'])
+const RESPONSE_DROP = new Set<string>([...HOP_BY_HOP, 'date'])
 const BODYLESS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE'])
-// "..", "." segments, doubled or encoded separators, backslashes: never forwarded (issue 3, path rewriting)
-const BAD_PATH = /(?:^|\/)\.\.?(?:\/|$)|\/\/|%2e|%2f|%5c|\\|%00/i
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'])
 
-function upstreamError (err: unknown, upstream: string): Error {
-  const code = (err as { code?: string }).code
-  let out: Error
-  switch (code) {
-    case 'UND_ERR_CONNECT_TIMEOUT': case 'UND_ERR_HEADERS_TIMEOUT': case 'UND_ERR_BODY_TIMEOUT': case 'GW_ERR_UPSTREAM_TIMEOUT':
-      out = new GW_ERR_UPSTREAM_TIMEOUT(upstream); break
-    case 'ECONNREFUSED': case 'ENOTFOUND': case 'EHOSTUNREACH': case 'ENETUNREACH': case 'EAI_AGAIN':
-      out = new GW_ERR_UPSTREAM_UNAVAILABLE(upstream); break
-    case 'UND_ERR_SOCKET': case 'ECONNRESET': case 'EPIPE': case 'UND_ERR_CLOSED':
-      out = new GW_ERR_UPSTREAM_RESET(upstream); break
-    case 'HPE_INVALID_CONSTANT': case 'HPE_INVALID_HEADER_TOKEN': case 'UND_ERR_INVALID_ARG': case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
-      out = new GW_ERR_UPSTREAM_BAD_RESPONSE(upstream); break
-    case 'GW_ERR_BODY_TOO_LARGE':
-      return err as Error
-    default:
-      out = code?.startsWith('HPE_') === true ? new GW_ERR_UPSTREAM_BAD_RESPONSE(upstream) : new GW_ERR_UPSTREAM_UNAVAILABLE(upstream)
-  }
-  out.cause = err
-  return out
-}
-
-/** The path and query to send upstream, or null when the public path is refused. */
-function compilePath (rewrite: Rewrite): (request: FastifyRequest) => string | null {
-  if (rewrite.kind === 'prefix') {
-    const { fromLength, to } = rewrite
-    return (request) => {
-      const raw = request.raw.url as string
-      const q = raw.indexOf('?')
-      const path = q === -1 ? raw : raw.slice(0, q)
-      if (BAD_PATH.test(path)) return null
-      const rest = raw.slice(fromLength)
-      return rest === '' || rest.charCodeAt(0) === 63 /* ? */ ? (to === '' ? '/' : to) + rest : to + rest
-    }
-  }
-  const parts = rewrite.parts
-  return (request) => {
-    const raw = request.raw.url as string
-    const q = raw.indexOf('?')
-    if (BAD_PATH.test(q === -1 ? raw : raw.slice(0, q))) return null
-    const params = request.params as Record<string, string>
-    let out = ''
-    for (const part of parts) {
-      if (typeof part === 'string') { out += part; continue }
-      const v = params[part.param] ?? ''
-      if (v === '.' || v === '..') return null
-      out += encodeURIComponent(v)
-    }
-    return q === -1 ? out : out + raw.slice(q)
-  }
-}
+function abortResponse (ac: AbortController): void { ac.abort(UPSTREAM_TIMEOUT) }
+function noop (): void {}
 
 function countedBody (stream: Readable, limit: number): Readable {
   let seen = 0
@@ -110,48 +76,44 @@ function countedBody (stream: Readable, limit: number): Readable {
   return counter
 }
 
+/** A small request body read into memory, so that the request can be sent again. */
+async function collect (stream: Readable, length: number): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  let seen = 0
+  try {
+    for await (const chunk of stream) {
+      seen += (chunk as Buffer).length
+      if (seen > length) throw new GW_ERR_BAD_REQUEST('The request body is longer than its Content-Length')
+      chunks.push(chunk as Buffer)
+    }
+  } catch (err) {
+    if (codeOf(err) === 'GW_ERR_BAD_REQUEST') throw err
+    throw Object.assign(new GW_ERR_BAD_REQUEST('The request body was cut short'), { cause: err })
+  }
+  return chunks.length === 1 ? chunks[0] as Buffer : Buffer.concat(chunks, seen)
+}
+
 async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, declarations: Declarations }): Promise<void> {
   const { config, declarations } = opts
+  const ca = upstreamCa(config)
   const upstreams = new Map<string, UpstreamPool>()
-  for (const [name, policy] of declarations.upstreams) upstreams.set(name, new UpstreamPool(policy))
-  app.addHook('onClose', async () => { await Promise.all([...upstreams.values()].map((u) => u.close())) })
+  for (const [name, policy] of declarations.upstreams) upstreams.set(name, new UpstreamPool(policy, app.log, { ca }))
+  app.addHook('onReady', function startHealthChecks (done) {
+    for (const u of upstreams.values()) u.start()
+    done()
+  })
+  app.addHook('onClose', async function closeUpstreams () { await Promise.all([...upstreams.values()].map((u) => u.close())) })
   const trust = config.trustProxy !== false
 
   function handlerFor (policy: RoutePolicy): RouteHandlerMethod {
     const upstream = upstreams.get(policy.upstream) as UpstreamPool
     const pathFor = compilePath(policy.rewrite)
-    const drop = new Set<string>([...HOP_BY_HOP, 'host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id', ...IDENTITY_HEADERS])
-    if (policy.auth?.apiKey != null) drop.add(policy.auth.apiKey.header)
+    const forwardHeaders = compileForwardHeaders(policy, trust)
     const responseMs = upstream.policy.timeouts.responseMs
     const bodyLimit = policy.bodyLimit ?? config.bodyLimit
-
-    function requestHeaders (request: FastifyRequest): IncomingHttpHeaders {
-      const incoming = request.headers
-      const out: IncomingHttpHeaders = {}
-      const connection = incoming.connection
-      const listed = connection !== undefined && connection !== 'keep-alive' && connection !== 'close'
-        ? new Set(connection.toLowerCase().split(',').map((s) => s.trim()))
-        : null
-      for (const name in incoming) {
-        if (drop.has(name) || (listed !== null && listed.has(name))) continue
-        out[name] = incoming[name]
-      }
-      const remote = request.socket.remoteAddress ?? ''
-      const xff = incoming['x-forwarded-for']
-      out['x-forwarded-for'] = trust && xff !== undefined ? `${String(xff)}, ${remote}` : remote
-      out['x-forwarded-proto'] = request.protocol
-      out['x-forwarded-host'] = request.host
-      out['x-request-id'] = request.id
-      const client = request.client
-      if (client !== null) {
-        out['x-client-id'] = client.id
-        out['x-client-scopes'] = client.scopes.join(' ')
-        out['x-client-auth'] = client.via
-        if (client.keyId !== null) out['x-client-key-id'] = client.keyId
-        if (client.plan !== null) out['x-client-plan'] = client.plan
-      }
-      return out
-    }
+    const retry = upstream.policy.retry
+    const statuses = retry?.statuses ?? new Set<number>()
+    const maxTries = retry === null ? 1 : retry.tries
 
     function requestBody (request: FastifyRequest, headers: IncomingHttpHeaders): Dispatcher.DispatchOptions['body'] {
       if (request.rawBody !== undefined) return request.rawBody
@@ -166,73 +128,135 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
       return typeof body === 'string' || Buffer.isBuffer(body) ? body : JSON.stringify(body)
     }
 
-    async function send (request: FastifyRequest, reply: FastifyReply, target: Target, path: string): Promise<FastifyReply> {
-      const headers = requestHeaders(request)
-      const body = requestBody(request, headers)
-      let abort: AbortController | undefined
-      let timer: NodeJS.Timeout | undefined
-      if (responseMs > 0) {
-        abort = new AbortController()
-        timer = setTimeout(() => abort?.abort(Object.assign(new Error('response timeout'), { code: 'GW_ERR_UPSTREAM_TIMEOUT' })), responseMs)
-      }
-      let res: Dispatcher.ResponseData
-      target.inflight++
-      try {
-        res = await target.pool.request({
-          path: target.basePath + path,
-          method: request.method as Dispatcher.HttpMethod,
-          headers,
-          body,
-          signal: abort?.signal,
-        })
-      } catch (err) {
-        clearTimeout(timer)
-        target.inflight--
-        throw upstreamError(abort?.signal.aborted === true ? abort.signal.reason : err, upstream.name)
-      }
-      reply.code(res.statusCode)
-      const h = res.headers
-      const connection = h.connection
-      const listed = connection !== undefined && connection !== 'keep-alive' && connection !== 'close'
-        ? new Set(String(connection).toLowerCase().split(',').map((s) => s.trim()))
-        : null
+    /** Copy the upstream's answer headers, without hop-by-hop ones and those its Connection header lists. */
+    function copyHeaders (reply: FastifyReply, h: IncomingHttpHeaders, keepLength: boolean): void {
+      const listed = connectionListed(h.connection)
       for (const name in h) {
         if (RESPONSE_DROP.has(name) || (listed !== null && listed.has(name))) continue
+        if (!keepLength && name === 'content-length') continue
         const v = h[name]
         if (v !== undefined) reply.header(name, v)
       }
-      const len = h['content-length']
-      const small = request.method === 'HEAD' || res.statusCode === 204 || res.statusCode === 304 ||
-        (len !== undefined && Number(len) <= BUFFER_LIMIT)
-      if (!small) {
-        // streamed: the timer and in-flight count end with the body
-        res.body.once('close', () => { clearTimeout(timer); target.inflight-- })
-        return reply.send(res.body)
-      }
-      let buf: Buffer
-      try {
-        buf = Buffer.from(await res.body.arrayBuffer())
-      } catch (err) {
-        throw upstreamError(abort?.signal.aborted === true ? abort.signal.reason : err, upstream.name)
-      } finally {
-        clearTimeout(timer)
-        target.inflight--
-      }
-      if (request.method === 'HEAD') return reply.send()
-      reply.removeHeader('content-length')
-      return reply.send(buf)
     }
 
     return async function proxy (request, reply) {
       const path = pathFor(request)
       if (path === null) throw new GW_ERR_BAD_PATH()
-      const target = upstream.pick()
-      if (target === null) throw new GW_ERR_NO_HEALTHY_TARGET(upstream.name)
-      return await send(request, reply, target, path)
+      const headers = forwardHeaders(request)
+      let body = requestBody(request, headers)
+      if (maxTries > 1 && body instanceof Readable && body === request.body) {
+        const length = Number(headers['content-length'])
+        if (length <= BUFFER_LIMIT) {
+          body = await collect(body, length)
+          headers['content-length'] = String(body.length)
+        }
+      }
+      let target = upstream.pick(request, 0)
+      if (target === null) throw noHealthyTarget(upstream)
+
+      const idempotent = IDEMPOTENT.has(request.method)
+      const replayable = body === null || typeof body === 'string' || Buffer.isBuffer(body)
+      const tries = replayable ? maxTries : 1
+      const retryOn = idempotent ? CONNECTION_FAILURES : CONNECT_FAILURES
+      upstream.budget?.deposit()
+      let ac: AbortController | null = null
+      let timer: NodeJS.Timeout | undefined
+      if (responseMs > 0) {
+        ac = new AbortController()
+        timer = setTimeout(abortResponse, responseMs, ac)
+      }
+      let tried = 0
+
+      for (let attempt = 1; ; attempt++) {
+        tried |= target.bit
+        request.gwTarget = target.url
+        request.gwUpstreamAt = performance.now()
+        target.inflight++
+        let res: Dispatcher.ResponseData
+        try {
+          res = await target.pool.request({
+            path: target.basePath + path,
+            method: request.method as Dispatcher.HttpMethod,
+            headers,
+            body,
+            signal: ac?.signal,
+          })
+        } catch (err) {
+          target.inflight--
+          const cause = ac?.signal.aborted === true ? ac.signal.reason : err
+          const code = codeOf(cause)
+          if (clientFault(code, request.raw)) {
+            upstream.release(target)
+            clearTimeout(timer)
+            throw upstreamError(cause, upstream.name)
+          }
+          upstream.report(target, code)
+          if (attempt < tries && retryOn.has(code)) {
+            const next = upstream.retryTarget(request, tried)
+            if (next !== null) { target = next; continue }
+          }
+          clearTimeout(timer)
+          throw upstreamError(cause, upstream.name)
+        }
+        request.gwUpstreamMs = performance.now() - request.gwUpstreamAt
+        const status = res.statusCode
+
+        if (status >= 500 && idempotent && attempt < tries && statuses.has(status)) {
+          const next = upstream.retryTarget(request, tried)
+          if (next !== null) {
+            res.body.dump().catch(noop)
+            target.inflight--
+            upstream.report(target, `status ${status}`)
+            target = next
+            continue
+          }
+        }
+
+        const h = res.headers
+        const len = h['content-length']
+        const head = request.method === 'HEAD'
+        if (!(head || status === 204 || status === 304 || (len !== undefined && Number(len) <= BUFFER_LIMIT))) {
+          // streamed: the timer, the in-flight count and the target's outcome end with the body
+          const t = target
+          const stream = res.body
+          stream.once('close', function streamedAnswerEnded () {
+            clearTimeout(timer)
+            t.inflight--
+            // a client that went away destroys the stream without an error: not the target's fault
+            upstream.report(t, status >= 500 ? `status ${status}` : stream.errored != null ? codeOf(stream.errored) : null)
+          })
+          reply.code(status)
+          copyHeaders(reply, h, true)
+          return reply.send(stream)
+        }
+
+        let buf: Buffer
+        try {
+          buf = Buffer.from(await res.body.arrayBuffer())
+        } catch (err) {
+          target.inflight--
+          const cause = ac?.signal.aborted === true ? ac.signal.reason : err
+          const code = codeOf(cause)
+          upstream.report(target, code)
+          if (idempotent && attempt < tries && CONNECTION_FAILURES.has(code)) {
+            const next = upstream.retryTarget(request, tried)
+            if (next !== null) { target = next; continue }
+          }
+          clearTimeout(timer)
+          throw upstreamError(cause, upstream.name)
+        }
+        clearTimeout(timer)
+        target.inflight--
+        upstream.report(target, status >= 500 ? `status ${status}` : null)
+        reply.code(status)
+        // HEAD keeps the upstream's Content-Length (RFC 9110 §9.3.2); a buffered body gets Fastify's own
+        copyHeaders(reply, h, head)
+        return head ? reply.send() : reply.send(buf)
+      }
     }
   }
 
   app.decorate('gwProxy', { handlerFor, upstreams })
 }
 
-export default fp(gwProxy, { name: 'gw-proxy', fastify: '5.x', dependencies: ['gw-problem'] })
+export default fp(gwProxy, { name: 'gw-proxy', fastify: '5.x', dependencies: ['gw-problem', 'gw-trace'] })

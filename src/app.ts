@@ -29,6 +29,8 @@ export interface BuildOptions {
   /** pino options or instance; default: JSON lines at config.logLevel, secrets redacted */
   logger?: FastifyServerOptions['logger']
   loggerInstance?: FastifyServerOptions['loggerInstance']
+  /** where the default logger writes its JSON lines (src/server.ts: a buffered stdout; tests: a capture); default stdout */
+  logStream?: { write (line: string): unknown }
 }
 
 declare module 'fastify' {
@@ -37,9 +39,14 @@ declare module 'fastify' {
   }
 }
 
+/** Header names whose values are credentials: censored wherever a logged object carries headers. */
+export const SECRET_HEADERS = ['authorization', 'proxy-authorization', 'x-api-key', 'cookie', 'set-cookie', 'x-admin-token']
+// Specific paths only: fast-redact compiles them to property reads, while wildcards would walk every logged object.
 export const REDACT = [
-  'req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie',
-  'headers.authorization', 'headers["x-api-key"]', 'headers.cookie',
+  ...['req.headers', 'res.headers', 'headers', 'request.headers', 'response.headers', 'err.headers', 'err.cause.headers']
+    .flatMap((at) => SECRET_HEADERS.map((h) => `${at}["${h}"]`)),
+  'key', 'apiKey', 'token', 'accessToken', 'refreshToken', 'jwt', 'secret', 'password', 'authorization', 'adminToken',
+  'body.key', 'body.token', 'body.password', 'body.secret',
 ]
 
 export async function buildApp (config: GatewayConfig, opts: BuildOptions = {}): Promise<FastifyInstance> {
@@ -63,7 +70,7 @@ export async function buildApp (config: GatewayConfig, opts: BuildOptions = {}):
     routerOptions: { maxParamLength: 1000 },
     ...(opts.loggerInstance !== undefined
       ? { loggerInstance: opts.loggerInstance }
-      : { logger: opts.logger ?? { level: config.logLevel, redact: { paths: REDACT, censor: '[redacted]' } } }),
+      : { logger: opts.logger ?? { level: config.logLevel, redact: { paths: REDACT, censor: '[redacted]' }, ...(opts.logStream !== undefined ? { stream: opts.logStream } : {}) } }),
   }
   const app = (tls === null ? fastify(options) : fastify({ ...options, http2: true, https: tls } as FastifyServerOptions)) as unknown as FastifyInstance
   app.decorate('gw', { config, declarations })

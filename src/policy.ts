@@ -58,7 +58,7 @@ export interface PlanPolicy {
 
 export type Rewrite =
   /** replace the public prefix by `to` and keep the rest of the path and the query as they came */
-  | { kind: 'prefix', fromLength: number, to: string }
+  | { kind: 'prefix', from: string, fromLength: number, to: string }
   /** fill :params of the route url into a template, keep the query */
   | { kind: 'template', parts: ReadonlyArray<string | { param: string }> }
 
@@ -74,6 +74,8 @@ export interface RoutePolicy {
   websocket: boolean
   auth: AuthPolicy | null
   rateLimit: RateLimitPolicy | null
+  /** true when declared `rateLimit: false`: no limit, not even a plan's (null rateLimit alone = plan limits only) */
+  rateLimitOff?: boolean
   cache: CachePolicy | null
   schema: FastifySchema | null
   bodyLimit: number | null

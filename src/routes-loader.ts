@@ -171,6 +171,7 @@ function compileRateLimit (p: Problems, file: string, where: string, d: RateLimi
   const cost = d.cost ?? 1
   const burst = d.burst ?? d.max
   if (cost > burst) p.add(file, where, 'rateLimit.cost', `a cost of ${cost} is above the burst of ${burst}: every request would be refused`)
+  if (burst > d.max) p.add(file, where, 'rateLimit.burst', `a burst of ${burst} is above max ${d.max}: a window never admits more than max`)
   return {
     max: d.max,
     perMs: ms(p, file, where, 'rateLimit.per', d.per, 1),
@@ -215,19 +216,22 @@ function compileRewrite (p: Problems, file: string, where: string, prefix: strin
     return { kind: 'template', parts: parts.filter((x) => x !== '') }
   }
   if (fileRewrite !== undefined && fileRewrite !== '' && !fileRewrite.startsWith('/')) p.add(file, where, 'rewrite', `must start with "/", got ${JSON.stringify(fileRewrite)}`)
-  return { kind: 'prefix', fromLength: prefix.length, to: (fileRewrite ?? prefix).replace(/\/$/, '') }
+  return { kind: 'prefix', from: prefix, fromLength: prefix.length, to: (fileRewrite ?? prefix).replace(/\/$/, '') }
 }
 
 function compilePlans (p: Problems, file: string, d: Record<string, PlanDeclaration>): PlanPolicy[] {
-  return Object.entries(d).map(([name, plan]) => ({
-    name,
-    rateLimit: plan.rateLimit === undefined ? null : {
-      max: plan.rateLimit.max,
-      perMs: ms(p, file, `plan ${name}`, 'rateLimit.per', plan.rateLimit.per, 1),
-      burst: plan.rateLimit.burst ?? plan.rateLimit.max,
-    },
-    quota: plan.quota === undefined ? null : { max: plan.quota.max, perMs: ms(p, file, `plan ${name}`, 'quota.per', plan.quota.per, 1) },
-  }))
+  return Object.entries(d).map(([name, plan]) => {
+    if (plan.rateLimit?.burst !== undefined && plan.rateLimit.burst > plan.rateLimit.max) p.add(file, `plan ${name}`, 'rateLimit.burst', `a burst of ${plan.rateLimit.burst} is above max ${plan.rateLimit.max}: a window never admits more than max`)
+    return {
+      name,
+      rateLimit: plan.rateLimit === undefined ? null : {
+        max: plan.rateLimit.max,
+        perMs: ms(p, file, `plan ${name}`, 'rateLimit.per', plan.rateLimit.per, 1),
+        burst: plan.rateLimit.burst ?? plan.rateLimit.max,
+      },
+      quota: plan.quota === undefined ? null : { max: plan.quota.max, perMs: ms(p, file, `plan ${name}`, 'quota.per', plan.quota.per, 1) },
+    }
+  })
 }
 
 function deepFreeze<T> (o: T): T {
@@ -319,10 +323,12 @@ export function compileDeclarations (sources: readonly DeclarationSource[], conf
         seen.set(key, file)
       }
       if (r.websocket === true && (methods.length !== 1 || methods[0] !== 'GET')) p.add(file, id, 'websocket', 'a WebSocket route has method GET')
+      if (r.websocket === true && (r.schema as { body?: unknown } | undefined)?.body !== undefined) p.add(file, id, 'schema.body', 'a WebSocket route has no request body')
       const auth = compileAuth(r.auth ?? d.auth)
       const rateLimit = compileRateLimit(p, file, id, r.rateLimit ?? d.rateLimit)
       const cache = compileCache(p, file, id, r.cache ?? d.cache, auth)
       if (cache !== null && !methods.every((m) => m === 'GET' || m === 'HEAD')) p.add(file, id, 'cache', 'only GET and HEAD responses are cached; set cache: false on this route')
+      if (cache !== null && r.websocket === true) p.add(file, id, 'cache', 'a WebSocket route is not cached; set cache: false on this route')
       const policy: RoutePolicy = {
         id,
         file,
@@ -333,6 +339,7 @@ export function compileDeclarations (sources: readonly DeclarationSource[], conf
         websocket: r.websocket ?? false,
         auth,
         rateLimit,
+        rateLimitOff: (r.rateLimit ?? d.rateLimit) === false,
         cache,
         schema: (r.schema as RoutePolicy['schema']) ?? null,
         bodyLimit: r.bodyLimit ?? null,

@@ -1,57 +1,181 @@
 /**
  * The process: read the configuration once, build the gateway, listen (HTTP, or HTTPS with HTTP/2 when given a
  * certificate), and shut down gracefully on SIGTERM/SIGINT: readiness goes 503, no new connections, in-flight
- * requests finish (up to SHUTDOWN_TIMEOUT), then Redis is closed. The only file that reads process.env.
+ * requests finish (up to SHUTDOWN_TIMEOUT), then Redis is closed. The only file that reads process.env
+ * (src/cluster.ts, the multi-process entry point, reads it for the primary).
+ *
+ * Logs go to stdout through a buffered pino destination (written in 4 KiB batches, at least every second, and
+ * flushed on shutdown and on a crash): one write per line cost 10-25% of throughput (../shared/PERFORMANCE.md).
+ * With METRICS_PORT, a second plain listener serves GET /metrics (in a cluster the primary serves it instead).
  */
+import cluster from 'node:cluster'
+import { createServer, type Server } from 'node:http'
 import { pathToFileURL } from 'node:url'
 import type { FastifyInstance } from 'fastify'
+import pino from 'pino'
 import { buildApp } from './app.js'
 import { loadConfig, type GatewayConfig } from './config.js'
 
-export interface Running { app: FastifyInstance, config: GatewayConfig, url: string, stop: (signal?: string) => Promise<void> }
+export interface Running {
+  app: FastifyInstance
+  config: GatewayConfig
+  url: string
+  /** http://host:port/metrics when METRICS_PORT is set (and this is not a cluster worker), else null */
+  metricsUrl: string | null
+  stop: (signal?: string) => Promise<void>
+  /** write out buffered log lines now (before an exit that skips the normal shutdown) */
+  flushLogs: () => void
+}
 
-export async function start (env: Record<string, string | undefined> = process.env): Promise<Running> {
+export interface StartOptions {
+  /** where log lines go; default: a buffered stdout */
+  logStream?: { write (line: string): unknown }
+}
+
+/**
+ * stdout in ~4 KiB batches, written asynchronously, flushed at least every second and on exit. Cluster workers
+ * share one stdout pipe, where only writes up to PIPE_BUF (4096 bytes on Linux) are atomic: their batches stay
+ * around 2 KiB so that one batch never splits another worker's line.
+ */
+function bufferedStdout (): ReturnType<typeof pino.destination> {
+  const minLength = cluster.isWorker ? 2048 : 4096
+  return pino.destination({ dest: 1, minLength, sync: false, periodicFlush: 1000 } as Parameters<typeof pino.destination>[0])
+}
+
+function flushQuietly (stream: unknown): void {
+  const s = stream as { flushSync?: () => void } | undefined
+  try { s?.flushSync?.() } catch { /* not open yet, or already closed: nothing is buffered */ }
+}
+
+function urlOf (host: string, port: number, scheme = 'http'): string {
+  const h = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host
+  return `${scheme}://${h}:${port}`
+}
+
+/** GET /metrics on its own port, without credentials: meant for a network that only Prometheus reaches. */
+export async function serveMetrics (port: number, host: string, scrape: () => Promise<{ contentType: string, body: string }>, onError: (err: unknown) => void): Promise<Server> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?', 1)[0]
+    if (path !== '/metrics' || (req.method !== 'GET' && req.method !== 'HEAD')) {
+      res.writeHead(path === '/metrics' ? 405 : 404, { 'content-type': 'text/plain' }).end(path === '/metrics' ? 'method not allowed\n' : 'not found: the metrics are at /metrics\n')
+      return
+    }
+    scrape().then(({ contentType, body }) => {
+      res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) })
+      res.end(req.method === 'HEAD' ? undefined : body)
+    }, (err: unknown) => {
+      onError(err)
+      res.writeHead(500, { 'content-type': 'text/plain' }).end('metrics collection failed\n')
+    })
+  })
+  server.keepAliveTimeout = 65_000
+  await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(port, host, () => { server.off('error', reject); resolve() }) })
+  return server
+}
+
+export async function start (env: Record<string, string | undefined> = process.env, opts: StartOptions = {}): Promise<Running> {
   const config = loadConfig(env)
-  const app = await buildApp(config)
+  const logStream = opts.logStream ?? bufferedStdout()
+  const app = await buildApp(config, { logStream })
   await app.listen({ port: config.port, host: config.host })
   const addr = app.server.address()
   const port = typeof addr === 'object' && addr !== null ? addr.port : config.port
-  const scheme = config.tlsCertFile !== null ? 'https' : 'http'
-  const url = `${scheme}://${config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host}:${port}`
+  const url = urlOf(config.host, port, config.tlsCertFile !== null ? 'https' : 'http')
+
+  let metricsServer: Server | null = null
+  let metricsUrl: string | null = null
+  const metrics = app.gwMetrics
+  if (config.metricsPort > 0 && metrics === null) app.log.warn('METRICS_PORT is set but METRICS=false: no metrics listener')
+  if (config.metricsPort > 0 && metrics !== null && !cluster.isWorker) {
+    const host = config.metricsHost ?? config.host
+    try {
+      metricsServer = await serveMetrics(config.metricsPort, host, metrics.scrape, (err) => app.log.error({ err }, 'metrics scrape failed'))
+    } catch (err) {
+      await app.close()
+      throw err
+    }
+    metricsUrl = `${urlOf(host, (metricsServer.address() as { port: number }).port)}/metrics`
+  }
+
   let stopping: Promise<void> | null = null
   const stop = async (signal = 'stop'): Promise<void> => {
     stopping ??= (async () => {
       app.log.info({ signal }, 'shutting down: draining in-flight requests')
+      // readiness answers 503 from now on, and every answer carries Connection: close (plugins/pressure.ts)
       app.gwShuttingDown = true
       const force = setTimeout(() => {
         app.log.error({ timeoutMs: config.shutdownTimeoutMs }, 'shutdown timed out; closing remaining connections')
         app.server.closeAllConnections?.()
       }, config.shutdownTimeoutMs)
       force.unref()
-      await app.close()
-      clearTimeout(force)
+      // A keep-alive connection whose answer was already on its way when the drain began becomes idle afterwards;
+      // Node's server.close() reaps only the connections idle at that moment and would wait for these until their
+      // keep-alive timeout. Reap them as they go idle.
+      const reap = setInterval(() => app.server.closeIdleConnections?.(), 100)
+      reap.unref()
+      const closingMetrics = metricsServer === null
+        ? Promise.resolve()
+        : new Promise<void>((resolve) => { metricsServer?.close(() => resolve()); metricsServer?.closeAllConnections() })
+      try {
+        await app.close()
+        await closingMetrics
+      } finally {
+        clearTimeout(force)
+        clearInterval(reap)
+      }
       app.log.info('shut down')
+      flushQuietly(logStream)
     })()
     return await stopping
   }
-  return { app, config, url, stop }
+  return { app, config, url, metricsUrl, stop, flushLogs: () => flushQuietly(logStream) }
+}
+
+/**
+ * A cluster worker that closed its listener may still receive connections the primary handed over before it read
+ * the close: the worker refuses them so the primary gives them to another worker, but only while it is alive. Two
+ * round trips over the (ordered) IPC channel make sure every such hand-over has arrived and been answered before
+ * the worker exits; a connection lost in between would hang until the client times out.
+ */
+export async function syncWithPrimary (rounds = 2, timeoutMs = 2000): Promise<void> {
+  if (!cluster.isWorker || typeof process.send !== 'function' || !process.connected) return
+  for (let i = 0; i < rounds; i++) {
+    const id = `${process.pid}:${i}:${Date.now()}`
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, timeoutMs)
+      function done (): void { clearTimeout(timer); process.off('message', onMessage); resolve() }
+      function onMessage (msg: unknown): void { if ((msg as { gw?: string, id?: string } | null)?.gw === 'synced' && (msg as { id: string }).id === id) done() }
+      process.on('message', onMessage)
+      process.send?.({ gw: 'sync', id }, undefined, undefined, (err: Error | null) => { if (err !== null) done() })
+    })
+  }
 }
 
 export function handleSignals (running: Running): void {
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  // In a cluster the primary drives the shutdown, one worker at a time (src/cluster.ts): a Ctrl-C, which the
+  // terminal sends to every process of the group, must not drain all workers at once.
+  if (cluster.isWorker) process.on('SIGINT', () => {})
+  for (const signal of cluster.isWorker ? ['SIGTERM'] as const : ['SIGTERM', 'SIGINT'] as const) {
     process.once(signal, () => {
-      running.stop(signal).then(() => process.exit(0), (err: unknown) => {
+      running.stop(signal).then(async () => { await syncWithPrimary() }).then(() => process.exit(0), (err: unknown) => {
         running.app.log.error({ err }, 'shutdown failed')
+        running.flushLogs()
         process.exit(1)
       })
     })
   }
+  // a crash still leaves its last log lines (the destination is buffered) and the reason
+  process.once('uncaughtException', (err) => {
+    running.app.log.fatal({ err }, 'uncaught exception; exiting')
+    running.flushLogs()
+    process.exit(1)
+  })
 }
 
 /** Start-up failures are told plainly: which variable, file, route or field, and no stack trace for bad input. */
 export function reportStartupError (err: unknown): never {
   const e = err as { code?: string, message?: string }
-  if (e.code === 'GW_ERR_CONFIG' || e.code === 'GW_ERR_ROUTE_DECLARATION') process.stderr.write(`${e.message ?? String(err)}\n`)
+  if (e.code === 'GW_ERR_CONFIG' || e.code === 'GW_ERR_ROUTE_DECLARATION' || e.code === 'GW_ERR_OPENAPI_UPSTREAM') process.stderr.write(`${e.message ?? String(err)}\n`)
   else process.stderr.write(`gateway failed to start: ${(err as Error)?.stack ?? String(err)}\n`)
   process.exit(1)
 }
@@ -60,6 +184,6 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   try {
     const running = await start()
     handleSignals(running)
-    running.app.log.info({ url: running.url, store: running.app.store.kind }, 'gateway listening')
+    running.app.log.info({ url: running.url, metrics: running.metricsUrl, store: running.app.store.kind }, 'gateway listening')
   } catch (err) { reportStartupError(err) }
 }

@@ -3,9 +3,11 @@
  * RedisStore (test/store-contract.test.ts); expiry is lazy on read plus a periodic sweep.
  */
 import { EventEmitter } from 'node:events'
-import { slidingWindow, type RateLimitCheck, type RateLimitResult, type Store, type StoreHealth, type StoreState } from './types.js'
+import { decideRateLimit, type QuotaState, type RateLimitCheck, type RateLimitResult, type RateWindowState, type Store, type StoreHealth, type StoreState } from './types.js'
 
-type Value = Buffer | Map<string, string> | Set<string> | { w: number, c: number, p: number }
+type Value = Buffer | Map<string, string> | Set<string> | RateState
+/** rate-limit state (window or quota), tagged so that a key of another kind is never read as one */
+interface RateState { rl: RateWindowState | QuotaState }
 interface Entry { value: Value, expiresAt: number }
 
 export class MemoryStore implements Store {
@@ -145,11 +147,20 @@ export class MemoryStore implements Store {
   }
 
   async rateLimit (check: RateLimitCheck): Promise<RateLimitResult> {
-    const e = this.live(check.key)
-    const state = (e?.value as { w: number, c: number, p: number } | undefined) ?? { w: 0, c: 0, p: 0 }
-    const r = slidingWindow(Date.now(), check.windowMs, check.max, check.cost, state)
-    if (r.allowed) this.data.set(check.key, { value: { w: r.w, c: r.c, p: r.p }, expiresAt: this.expiry(check.windowMs * 2) })
-    return { allowed: r.allowed, remaining: r.remaining, resetMs: r.resetMs, retryAfterMs: r.retryAfterMs }
+    // synchronous from read to write: atomic within this process, like the script is in Redis
+    const now = Date.now()
+    const state = (key: string): unknown => {
+      const e = this.data.get(key)
+      if (e === undefined || (e.expiresAt !== 0 && e.expiresAt <= now)) return null
+      return typeof e.value === 'object' && 'rl' in e.value ? e.value.rl : null
+    }
+    const q = check.quota ?? null
+    const d = decideRateLimit(now, check,
+      check.windowMs > 0 ? state(check.key) as RateWindowState | null : null,
+      q !== null ? state(q.key) as QuotaState | null : null)
+    if (d.window !== null) this.data.set(check.key, { value: { rl: d.window }, expiresAt: now + check.windowMs * 2 })
+    if (d.quota !== null && q !== null) this.data.set(q.key, { value: { rl: d.quota }, expiresAt: d.quotaExpiresAt })
+    return d.result
   }
 
   async publish (channel: string, message: string): Promise<void> {

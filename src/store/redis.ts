@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events'
 import { Redis, type RedisOptions } from 'ioredis'
 import type { RateLimitCheck, RateLimitResult, Store, StoreHealth, StoreState } from './types.js'
+import { CheckBatcher, clusterSlot } from '../rate-limit-batcher.js'
 
 const INCR = `local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -15,37 +16,106 @@ return v`
 const DEL_IF_EQUALS = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0`
 
-// The same arithmetic as slidingWindow() in types.ts; Redis's clock so replicas agree on the window.
-const SLIDING_WINDOW = `local t = redis.call('TIME')
+// The same arithmetic as decideRateLimit() in types.ts, for a batch of checks (see src/rate-limit-batcher.ts), each
+// decided in turn so two checks of one key in a batch see each other. Redis's clock, so replicas agree on windows.
+// KEYS: per check, its window key and its quota key (the window key again when it has none). ARGV: per check,
+// windowMs, max, cost, burst, quota max (0 = none), quota period. Returns 7 integers per check: allowed,
+// remaining, resetMs, retryAfterMs, limitedBy (0 none, 1 rate, 2 quota), quotaRemaining, quotaResetMs.
+const RATE_LIMIT = `local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local win = tonumber(ARGV[1]); local max = tonumber(ARGV[2]); local cost = tonumber(ARGV[3])
-local cur = math.floor(now / win)
-local s = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
-local w = tonumber(s[1]) or 0; local c = tonumber(s[2]) or 0; local p = tonumber(s[3]) or 0
-if w ~= cur then if w == cur - 1 then p = c else p = 0 end; c = 0 end
-local into = now - cur * win
-local used = p * (1 - into / win) + c
-local reset = win - into
-if p > 0 or c > 0 then reset = reset + win end
-if used + cost <= max then
-  c = c + cost
-  redis.call('HSET', KEYS[1], 'w', cur, 'c', c, 'p', p)
-  redis.call('PEXPIRE', KEYS[1], win * 2)
-  return {1, math.floor(max - used - cost), reset, 0}
+local out = {}
+for i = 1, #KEYS / 2 do
+  local a = (i - 1) * 6
+  local w = tonumber(ARGV[a + 1]); local max = tonumber(ARGV[a + 2]); local cost = tonumber(ARGV[a + 3])
+  local burst = tonumber(ARGV[a + 4]); local qmax = tonumber(ARGV[a + 5]); local qper = tonumber(ARGV[a + 6])
+  local key = KEYS[2 * i - 1]; local qkey = KEYS[2 * i]
+  local ok = true; local rate = true; local quotaOk = true
+  local remaining = -1; local remainingIfAllowed = -1; local reset = 0; local retry = 0
+  local s, c, p, tat, nt = now, 0, 0, 0, 0
+  if w > 0 then
+    local st = redis.call('HMGET', key, 's', 'c', 'p', 't')
+    if st[1] then
+      s = tonumber(st[1]); c = tonumber(st[2]) or 0; p = tonumber(st[3]) or 0; tat = tonumber(st[4]) or 0
+      if now >= s + w then
+        local n = math.floor((now - s) / w)
+        if n == 1 then p = c else p = 0 end
+        c = 0; s = s + n * w
+      end
+    end
+    local into = now - s
+    reset = w - into
+    local left = max * w - p * (w - into) - c * w
+    remaining = math.max(0, math.floor(left / w))
+    remainingIfAllowed = math.floor((left - cost * w) / w)
+    if left < cost * w then
+      rate = false
+      if c + cost > max then
+        local x = w
+        if max >= cost and c > 0 then x = math.max(0, math.ceil(w * (c - max + cost) / c)) end
+        retry = w - into + x
+      else
+        retry = math.max(1, math.ceil(w * (p - max + c + cost) / p) - into)
+      end
+    end
+    if burst < max then
+      local T = math.ceil(w / max)
+      local at = tat
+      if now > at then at = now end
+      local gleft = now + burst * T - at
+      remaining = math.min(remaining, math.max(0, math.floor(gleft / T)))
+      remainingIfAllowed = math.min(remainingIfAllowed, math.floor((gleft - cost * T) / T))
+      if gleft < cost * T then
+        rate = false
+        retry = math.max(retry, cost * T - gleft)
+      end
+      nt = at + cost * T
+    end
+    ok = rate
+  end
+  local qrem = -1; local qremIfAllowed = -1; local qreset = 0; local qw = 0; local qc = 0
+  if qmax > 0 then
+    qw = math.floor(now / qper)
+    local qs = redis.call('HMGET', qkey, 'w', 'c')
+    if tonumber(qs[1]) == qw then qc = tonumber(qs[2]) or 0 end
+    qreset = (qw + 1) * qper - now
+    qrem = math.max(0, qmax - qc)
+    qremIfAllowed = qmax - qc - cost
+    if qc + cost > qmax then
+      quotaOk = false; ok = false
+      retry = math.max(retry, qreset)
+    end
+  end
+  local by = 0
+  if ok then
+    if w > 0 then
+      redis.call('HSET', key, 's', s, 'c', c + cost, 'p', p, 't', nt)
+      redis.call('PEXPIRE', key, w * 2)
+    end
+    if qmax > 0 then
+      redis.call('HSET', qkey, 'w', qw, 'c', qc + cost)
+      redis.call('PEXPIREAT', qkey, (qw + 1) * qper)
+    end
+    out[#out + 1] = 1; out[#out + 1] = remainingIfAllowed; out[#out + 1] = reset; out[#out + 1] = 0
+    out[#out + 1] = 0; out[#out + 1] = qremIfAllowed; out[#out + 1] = qreset
+  else
+    if quotaOk then by = 1 else by = 2 end
+    out[#out + 1] = 0; out[#out + 1] = remaining; out[#out + 1] = reset; out[#out + 1] = retry
+    out[#out + 1] = by; out[#out + 1] = qrem; out[#out + 1] = qreset
+  end
 end
-local retry
-if c + cost > max then
-  retry = win - into
-  if c > 0 then retry = retry + math.ceil(win * math.max(0, 1 - (max - cost) / c)) end
-else
-  retry = math.max(1, math.ceil(win * (1 - (max - cost - c) / p)) - into)
-end
-return {0, math.max(0, math.floor(max - used)), reset, retry}`
+return out`
 
 interface GwRedis extends Redis {
   gwIncr (key: string, by: number, ttlMs: number): Promise<number>
   gwDelIfEquals (key: string, value: string): Promise<number>
-  gwSlidingWindow (key: string, windowMs: number, max: number, cost: number): Promise<[number, number, number, number]>
+  gwRateLimit (numKeys: number, ...keysThenArgs: Array<string | number>): Promise<number[]>
+}
+
+/** `p`, or a rejection after `ms` (the timer never keeps the process alive) */
+async function bounded<T> (p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error('redis command timed out')), ms); timer.unref() })
+  try { return await Promise.race([p, timeout]) } finally { clearTimeout(timer) }
 }
 
 export interface RedisStoreOptions {
@@ -64,12 +134,16 @@ export class RedisStore implements Store {
   private subscriber: Redis | null = null
   private readonly listeners = new Map<string, Set<(m: string) => void>>()
   private closing = false
+  /** rate-limit checks of one event-loop turn, sent as one script call */
+  private rateLimits: CheckBatcher<RateLimitCheck, RateLimitResult> | null = null
+  /** the connection rate-limit checks travel on (see rateLimitClient) */
+  private rateLimitConn: GwRedis | null = null
+  private rateLimitConnecting: Promise<void> | null = null
 
   constructor (private readonly opts: RedisStoreOptions) {
     this.client = new Redis(opts.url, this.clientOptions()) as GwRedis
     this.client.defineCommand('gwIncr', { numberOfKeys: 1, lua: INCR })
     this.client.defineCommand('gwDelIfEquals', { numberOfKeys: 1, lua: DEL_IF_EQUALS })
-    this.client.defineCommand('gwSlidingWindow', { numberOfKeys: 1, lua: SLIDING_WINDOW })
     this.track(this.client, true)
   }
 
@@ -115,10 +189,14 @@ export class RedisStore implements Store {
   async close (): Promise<void> {
     this.closing = true
     this.events.removeAllListeners()
+    // A QUIT to a Redis that died a moment ago may never be answered (the subscriber has no command timeout):
+    // wait for it briefly, then drop the connection.
     const quit = async (c: Redis): Promise<void> => {
-      if (c.status === 'ready') await c.quit().catch(() => c.disconnect())
-      else c.disconnect()
+      if (c.status === 'ready') await bounded(c.quit(), 1000).catch(() => {})
+      c.disconnect()
     }
+    // the rate-limit connection has no command timeout: dropped at once rather than waiting for a QUIT to be answered
+    this.rateLimitConn?.disconnect()
     await Promise.all([quit(this.client), this.subscriber === null ? undefined : quit(this.subscriber)])
   }
 
@@ -199,9 +277,61 @@ export class RedisStore implements Store {
     } while (cursor !== '0')
   }
 
-  async rateLimit (check: RateLimitCheck): Promise<RateLimitResult> {
-    const [allowed, remaining, resetMs, retryAfterMs] = await this.client.gwSlidingWindow(this.k(check.key), check.windowMs, check.max, check.cost)
-    return { allowed: allowed === 1, remaining, resetMs, retryAfterMs }
+  rateLimit (check: RateLimitCheck): Promise<RateLimitResult> {
+    if (this.closing) return Promise.reject(new Error('the store is closed'))
+    this.rateLimits ??= new CheckBatcher<RateLimitCheck, RateLimitResult>({
+      send: async (checks) => await this.rateLimitBatch(checks),
+      // one call per slot on Cluster (the keys of a check share their hash tag); one call per turn otherwise
+      slotOf: (this.client as { isCluster?: boolean }).isCluster === true ? (c) => clusterSlot(c.key) : null,
+      timeoutMs: this.opts.commandTimeoutMs,
+    })
+    // no async wrapper: the batcher's promise is the caller's (one promise per check on the hot path)
+    return this.rateLimits.check(check)
+  }
+
+  /**
+   * Rate-limit checks travel on a connection of their own, without ioredis's per-command timer: the batcher's guard
+   * times them out instead (REDIS_COMMAND_TIMEOUT), after letting the event loop read what Redis has already
+   * answered. A busy loop runs due timers before it reads sockets, so with ioredis's timer a reply that came in time
+   * counts as late, and the gateway would fall back to local limits just because it was busy. Offline queue off as
+   * on the main connection: while Redis is away a check fails at once.
+   */
+  private async rateLimitClient (): Promise<GwRedis> {
+    let c = this.rateLimitConn
+    if (c === null) {
+      c = this.client.duplicate({ commandTimeout: undefined, lazyConnect: true }) as GwRedis
+      c.defineCommand('gwRateLimit', { lua: RATE_LIMIT })
+      c.on('error', () => { /* the main connection reports the store's state */ })
+      this.rateLimitConn = c
+      this.rateLimitConnecting = c.connect().then(() => {}, () => {}).finally(() => { this.rateLimitConnecting = null })
+    }
+    if (this.rateLimitConnecting !== null) await this.rateLimitConnecting
+    return c
+  }
+
+  private async rateLimitBatch (checks: RateLimitCheck[]): Promise<RateLimitResult[]> {
+    const keys: string[] = []
+    const args: number[] = []
+    for (const c of checks) {
+      const q = c.quota ?? null
+      keys.push(this.k(c.key), this.k(q === null ? c.key : q.key))
+      args.push(c.windowMs, c.max, c.cost, c.burst ?? c.max, q === null ? 0 : q.max, q === null ? 0 : q.periodMs)
+    }
+    const r = await (await this.rateLimitClient()).gwRateLimit(keys.length, ...keys, ...args)
+    const out: RateLimitResult[] = []
+    for (let i = 0; i + 6 < r.length; i += 7) {
+      const by = r[i + 4]
+      out.push({
+        allowed: r[i] === 1,
+        remaining: r[i + 1] as number,
+        resetMs: r[i + 2] as number,
+        retryAfterMs: r[i + 3] as number,
+        limitedBy: by === 1 ? 'rate' : by === 2 ? 'quota' : null,
+        quotaRemaining: r[i + 5] as number,
+        quotaResetMs: r[i + 6] as number,
+      })
+    }
+    return out
   }
 
   async publish (channel: string, message: string): Promise<void> { await this.client.publish(this.k(channel), message) }
@@ -237,7 +367,7 @@ export class RedisStore implements Store {
       s.delete(listener)
       if (s.size === 0) {
         this.listeners.delete(ch)
-        if (this.subscriber?.status === 'ready') await this.subscriber.unsubscribe(ch)
+        if (this.subscriber?.status === 'ready') await bounded(this.subscriber.unsubscribe(ch), 1000).catch(() => {})
       }
     }
   }

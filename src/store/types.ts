@@ -11,21 +11,45 @@ export type StoreState = 'ready' | 'connecting' | 'down'
 
 export interface RateLimitResult {
   allowed: boolean
-  /** requests (of cost 1) still allowed right now */
+  /** requests (of cost 1) still allowed right now by the window (and burst); -1 when the check has no window */
   remaining: number
-  /** ms until the limit is fully available again */
+  /** ms until the current window ends (its count then starts to decay); 0 when the check has no window */
   resetMs: number
   /** ms to wait before a request of this cost can pass (0 when allowed) */
   retryAfterMs: number
+  /** what refused the request; null when allowed */
+  limitedBy?: 'rate' | 'quota' | null
+  /** quota units left in the period (after this request when allowed); -1 when the check has no quota */
+  quotaRemaining?: number
+  /** ms until the quota period ends; 0 when the check has no quota */
+  quotaResetMs?: number
+}
+
+/** A longer-period allowance counted in fixed periods aligned to the Unix epoch (so "1d" resets at 00:00 UTC). */
+export interface RateLimitQuota {
+  /** a key in the same hash-tag slot as the check's key (one script touches both) */
+  key: string
+  max: number
+  periodMs: number
 }
 
 export interface RateLimitCheck {
   key: string
   /** requests allowed per window */
   max: number
+  /** the sliding window; 0 = no window (a quota-only check) */
   windowMs: number
   cost: number
+  /** most requests admitted back to back (default max); below max the window's allowance is released at the
+   *  steady rate max/windowMs (GCRA) instead of all at once */
+  burst?: number
+  quota?: RateLimitQuota | null
 }
+
+/** A key's window: its start (ms), the counts of the current and of the previous window, GCRA arrival time (ms). */
+export interface RateWindowState { s: number, c: number, p: number, t: number }
+/** A quota key: the period index (floor(now / periodMs)) and the units used in it. */
+export interface QuotaState { w: number, c: number }
 
 export interface StoreHealth { ok: boolean, state: StoreState, latencyMs: number | null, reason: string | null }
 
@@ -69,26 +93,113 @@ export interface Store {
   subscribe (channel: string, listener: (message: string) => void): Promise<() => Promise<void>>
 }
 
-/** The sliding-window decision, shared by both stores (the Lua script in redis.ts is the same arithmetic). */
-export function slidingWindow (now: number, windowMs: number, max: number, cost: number, state: { w: number, c: number, p: number }): RateLimitResult & { w: number, c: number, p: number } {
-  const cur = Math.floor(now / windowMs)
-  let c = state.c
-  let p = state.p
-  if (state.w !== cur) { p = state.w === cur - 1 ? c : 0; c = 0 }
-  const into = now - cur * windowMs
-  const weight = 1 - into / windowMs
-  const used = p * weight + c
-  const resetMs = windowMs - into + (p > 0 || c > 0 ? windowMs : 0)
-  if (used + cost <= max) {
-    c += cost
-    return { allowed: true, remaining: Math.max(0, Math.floor(max - used - cost)), resetMs, retryAfterMs: 0, w: cur, c, p }
+/**
+ * The rate-limit decision, shared by both stores: RedisStore runs the same arithmetic in Lua (RATE_LIMIT in
+ * redis.ts), MemoryStore runs this function, so both give the same answers (test/rate-limit-store.test.ts).
+ *
+ * - Window: a sliding-window counter. Windows of `windowMs` start at the key's first request (so a fresh client's
+ *   first window is whole and its requests are counted exactly) and follow each other; the previous window's count
+ *   is weighted by the share of it still inside the sliding window. No double burst at a window boundary: right
+ *   after a full window, the previous count still weighs nearly fully.
+ * - Burst: below max, GCRA (a virtual scheduling token bucket) also spaces requests at windowMs/max each, allowing
+ *   `burst` back to back. Emission interval rounded up to whole ms, so all state stays integral.
+ * - Quota: a count per fixed period aligned to the Unix epoch.
+ * All arithmetic is on integers (scaled by windowMs where a weight is involved), so Lua and JS agree exactly.
+ * Nothing is written for a refused request.
+ */
+export function decideRateLimit (now: number, check: RateLimitCheck, win: RateWindowState | null, quota: QuotaState | null): {
+  result: RateLimitResult & { limitedBy: 'rate' | 'quota' | null, quotaRemaining: number, quotaResetMs: number }
+  /** state to write when allowed (null when refused or when the check has no window / no quota) */
+  window: RateWindowState | null
+  quota: QuotaState | null
+  /** absolute ms at which the quota key expires (the end of its period) */
+  quotaExpiresAt: number
+} {
+  const { windowMs: w, max, cost } = check
+  const burst = check.burst ?? max
+  let ok = true
+  let rate = true
+  let remaining = -1
+  let remainingIfAllowed = -1
+  let resetMs = 0
+  let retry = 0
+  let next: RateWindowState | null = null
+  if (w > 0) {
+    let s = now; let c = 0; let p = 0; let t = 0
+    if (win !== null) {
+      s = win.s; c = win.c; p = win.p; t = win.t
+      if (now >= s + w) {
+        const n = Math.floor((now - s) / w)
+        p = n === 1 ? c : 0
+        c = 0
+        s = s + n * w
+      }
+    }
+    const into = now - s
+    resetMs = w - into
+    // the allowance left, times w: max*w - (p weighted by the share of the previous window still covered) - c*w
+    const left = max * w - p * (w - into) - c * w
+    remaining = Math.max(0, Math.floor(left / w))
+    remainingIfAllowed = Math.floor((left - cost * w) / w)
+    if (left < cost * w) {
+      rate = false
+      if (c + cost > max) {
+        // not in this window: in the next one, once this window's count has decayed enough
+        const x = max >= cost && c > 0 ? Math.max(0, Math.ceil(w * (c - max + cost) / c)) : w
+        retry = w - into + x
+      } else {
+        retry = Math.max(1, Math.ceil(w * (p - max + c + cost) / p) - into)
+      }
+    }
+    let nt = 0
+    if (burst < max) {
+      const T = Math.ceil(w / max)
+      const tat = t > now ? t : now
+      const gleft = now + burst * T - tat
+      remaining = Math.min(remaining, Math.max(0, Math.floor(gleft / T)))
+      remainingIfAllowed = Math.min(remainingIfAllowed, Math.floor((gleft - cost * T) / T))
+      if (gleft < cost * T) {
+        rate = false
+        retry = Math.max(retry, cost * T - gleft)
+      }
+      nt = tat + cost * T
+    }
+    ok = rate
+    next = { s, c: c + cost, p, t: nt }
   }
-  let retryAfterMs: number
-  if (c + cost > max) {
-    // not before the next window, and then only once this window's count has decayed enough
-    retryAfterMs = windowMs - into + (c > 0 ? Math.ceil(windowMs * Math.max(0, 1 - (max - cost) / c)) : 0)
-  } else {
-    retryAfterMs = Math.max(1, Math.ceil(windowMs * (1 - (max - cost - c) / p)) - into)
+  let quotaRemaining = -1
+  let quotaRemainingIfAllowed = -1
+  let quotaResetMs = 0
+  let quotaExpiresAt = 0
+  let nextQuota: QuotaState | null = null
+  let quotaOk = true
+  const q = check.quota
+  if (q != null) {
+    const qw = Math.floor(now / q.periodMs)
+    const qc = quota !== null && quota.w === qw ? quota.c : 0
+    quotaExpiresAt = (qw + 1) * q.periodMs
+    quotaResetMs = quotaExpiresAt - now
+    quotaRemaining = Math.max(0, q.max - qc)
+    quotaRemainingIfAllowed = q.max - qc - cost
+    if (qc + cost > q.max) {
+      quotaOk = false
+      ok = false
+      retry = Math.max(retry, quotaResetMs)
+    }
+    nextQuota = { w: qw, c: qc + cost }
   }
-  return { allowed: false, remaining: Math.max(0, Math.floor(max - used)), resetMs, retryAfterMs, w: cur, c, p }
+  return {
+    result: {
+      allowed: ok,
+      remaining: ok ? remainingIfAllowed : remaining,
+      resetMs,
+      retryAfterMs: ok ? 0 : retry,
+      limitedBy: ok ? null : quotaOk ? 'rate' : 'quota',
+      quotaRemaining: ok ? quotaRemainingIfAllowed : quotaRemaining,
+      quotaResetMs,
+    },
+    window: ok ? next : null,
+    quota: ok ? nextQuota : null,
+    quotaExpiresAt,
+  }
 }

@@ -1,0 +1,97 @@
+/**
+ * gw-access-log: one JSON line per request, written from onResponse through the request's pino logger (level info,
+ * so it carries `reqId`, `pid` and `hostname`; routes that log at a higher level, like the health probes, are
+ * left out). Fastify's own two request lines are off (src/app.ts). ACCESS_LOG=false turns this off.
+ *
+ * A line never holds a credential: the path's query values of key and token parameters are replaced, the client
+ * is named by its id (never its key), and no header is logged (src/app.ts redacts credential headers anywhere).
+ *
+ *   {"level":30,"time":..,"pid":..,"hostname":..,"reqId":"..","traceId":"..","route":"GET /users/:id",
+ *    "method":"GET","path":"/users/7?api_key=[redacted]","status":200,"durationMs":3.2,"upstream":"users",
+ *    "target":"http://10.0.0.5:8080","upstreamMs":2.1,"clientId":"acme","cache":"MISS","rateLimit":"allowed",
+ *    "error":null,"ip":"203.0.113.9","bytes":512,"msg":"request"}
+ */
+import fp from 'fastify-plugin'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
+import type { GatewayConfig } from '../src/config.js'
+import type { RoutePolicy } from '../src/policy.js'
+import { parseTraceparent, routeConfig } from './trace.js'
+
+/** Query parameters whose values never reach a log line (compared case-insensitively, after percent-decoding). */
+export const SECRET_PARAMS = new Set([
+  'api_key', 'apikey', 'api-key', 'key', 'token', 'access_token', 'id_token', 'refresh_token', 'auth', 'authorization',
+  'password', 'passwd', 'secret', 'client_secret', 'signature', 'sig', 'jwt', 'code', 'session', 'sessionid',
+])
+// cheap pre-check: only a query that might hold one of them is taken apart
+const MAYBE_SECRET = /key|token|auth|pass|secret|sig|jwt|code|session|%|\+/i
+export const REDACTED = '[redacted]'
+
+/** The request target for a log line: the path as sent, with the values of secret query parameters replaced. */
+export function loggablePath (url: string): string {
+  const q = url.indexOf('?')
+  if (q === -1) return url
+  const query = url.slice(q + 1)
+  if (!MAYBE_SECRET.test(query)) return url
+  const parts = query.split('&')
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i] as string
+    const eq = part.indexOf('=')
+    const raw = eq === -1 ? part : part.slice(0, eq)
+    let name = raw
+    if (raw.includes('%') || raw.includes('+')) {
+      try { name = decodeURIComponent(raw.replace(/\+/g, ' ')) } catch { /* a malformed name stays as written */ }
+    }
+    if (SECRET_PARAMS.has(name.trim().toLowerCase())) parts[i] = `${raw}=${REDACTED}`
+  }
+  return url.slice(0, q + 1) + parts.join('&')
+}
+
+const round = (ms: number): number => Math.round(ms * 10) / 10
+
+/** requests that took no part in a trace (not proxied, or refused before) still log the caller's trace id */
+function callerTraceId (request: FastifyRequest): string | null {
+  const given = request.headers.traceparent
+  return typeof given === 'string' ? parseTraceparent(given)?.traceId ?? null : null
+}
+
+function rateLimitOutcome (reply: FastifyReply, status: number): string | null {
+  if (status === 429) return 'denied'
+  if (status < 400 || reply.hasHeader('ratelimit-remaining') || reply.hasHeader('x-ratelimit-remaining') || reply.hasHeader('ratelimit')) return 'allowed'
+  return null
+}
+
+async function gwAccessLog (app: FastifyInstance, opts: { config: GatewayConfig }): Promise<void> {
+  if (!opts.config.accessLog) return
+  app.addHook('onResponse', function accessLog (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
+    const log = request.log as FastifyRequest['log'] & { isLevelEnabled?: (level: string) => boolean }
+    if (log.isLevelEnabled !== undefined && !log.isLevelEnabled('info')) { done(); return }
+    const config = routeConfig(request)
+    const gw = config?.gw as RoutePolicy | undefined
+    const status = reply.statusCode
+    const cache = gw?.cache != null ? reply.getHeader('x-cache') : undefined
+    const length = reply.getHeader('content-length')
+    const upstreamMs = request.gwUpstreamMs >= 0
+      ? request.gwUpstreamMs
+      : request.gwUpstreamAt > 0 ? performance.now() - request.gwUpstreamAt : -1
+    log.info({
+      traceId: request.gwTraceId ?? callerTraceId(request),
+      route: gw?.id ?? (config?.url as string | undefined) ?? null,
+      method: request.method,
+      path: loggablePath(request.url),
+      status,
+      durationMs: round(reply.elapsedTime),
+      upstream: gw?.upstream ?? null,
+      target: request.gwTarget,
+      upstreamMs: upstreamMs >= 0 ? round(upstreamMs) : null,
+      clientId: request.client?.id ?? null,
+      cache: cache === undefined ? null : String(cache),
+      rateLimit: gw?.rateLimit != null ? rateLimitOutcome(reply, status) : null,
+      error: request.gwError,
+      ip: request.ip,
+      bytes: length === undefined ? null : Number(length),
+    }, 'request')
+    done()
+  })
+}
+
+export default fp(gwAccessLog, { name: 'gw-access-log', fastify: '5.x', dependencies: ['gw-trace'] })

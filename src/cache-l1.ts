@@ -1,0 +1,106 @@
+/**
+ * The in-process cache in front of Redis (L1): least recently used first out, bounded by entries and by bytes,
+ * each copy trusted for at most `ttlMs` (and never past its freshness) so that a replica that missed a purge
+ * message serves old content for a bounded time only. It also memoizes the compressed variants of a body, so that a
+ * hot entry is compressed once per replica and coding, not once per hit.
+ */
+import type { CacheEntry, Stored } from './cache-entry.js'
+
+interface Item {
+  stored: Stored
+  expiresAt: number
+  size: number
+  variants: Map<string, Buffer> | null
+}
+
+/** fixed cost of an item beyond its body and header bytes: the Map slot, the objects, the key */
+const OVERHEAD = 256
+
+export class L1Cache {
+  readonly #map = new Map<string, Item>()
+  #bytes = 0
+
+  constructor (readonly maxEntries: number, readonly maxBytes: number, readonly ttlMs: number) {}
+
+  get enabled (): boolean { return this.maxEntries > 0 && this.maxBytes > 0 }
+  get entries (): number { return this.#map.size }
+  get bytes (): number { return this.#bytes }
+
+  get (key: string, now: number): Stored | undefined {
+    const item = this.#map.get(key)
+    if (item === undefined) return undefined
+    if (item.expiresAt <= now) { this.#remove(key, item); return undefined }
+    // most recently used goes to the end of the Map's insertion order
+    this.#map.delete(key)
+    this.#map.set(key, item)
+    return item.stored
+  }
+
+  set (stored: Stored, now: number): void {
+    if (!this.enabled) return
+    let size = OVERHEAD + stored.key.length * 2
+    let expiresAt = now + this.ttlMs
+    if (stored.kind === 'response') {
+      size += stored.body.length
+      for (const [n, v] of stored.headers) size += n.length + v.length
+      expiresAt = Math.min(expiresAt, stored.freshUntil)
+      if (expiresAt <= now) return
+    }
+    // one large entry must not flush the whole cache
+    if (size > this.maxBytes / 4) return
+    const old = this.#map.get(stored.key)
+    if (old !== undefined) this.#remove(stored.key, old)
+    this.#map.set(stored.key, { stored, expiresAt, size, variants: null })
+    this.#bytes += size
+    this.#evict()
+  }
+
+  /** a compressed body memoized for an entry still held here */
+  variant (entry: CacheEntry, coding: string): Buffer | undefined {
+    const item = this.#map.get(entry.key)
+    return item?.stored === entry ? item.variants?.get(coding) : undefined
+  }
+
+  addVariant (entry: CacheEntry, coding: string, body: Buffer): void {
+    const item = this.#map.get(entry.key)
+    if (item === undefined || item.stored !== entry) return
+    if (item.variants === null) item.variants = new Map()
+    if (item.variants.has(coding)) return
+    item.variants.set(coding, body)
+    item.size += body.length
+    this.#bytes += body.length
+    this.#evict()
+  }
+
+  delete (key: string): void {
+    const item = this.#map.get(key)
+    if (item !== undefined) this.#remove(key, item)
+  }
+
+  /** drops every item the predicate selects; returns how many */
+  deleteWhere (select: (key: string, stored: Stored) => boolean): number {
+    let n = 0
+    for (const [key, item] of this.#map) {
+      if (select(key, item.stored)) { this.#remove(key, item); n++ }
+    }
+    return n
+  }
+
+  clear (): void {
+    this.#map.clear()
+    this.#bytes = 0
+  }
+
+  #remove (key: string, item: Item): void {
+    this.#map.delete(key)
+    this.#bytes -= item.size
+  }
+
+  #evict (): void {
+    while (this.#map.size > this.maxEntries || this.#bytes > this.maxBytes) {
+      const oldest = this.#map.keys().next()
+      if (oldest.done === true) break
+      this.#remove(oldest.value, this.#map.get(oldest.value) as Item)
+    }
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * The benchmark cannot rot: one short round of `direct` and `passthrough` through the real harness (its own
+ * redis-server, upstream and gateway processes) must print the table and write the JSON results. No timing is
+ * asserted; the numbers only have to be there.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const RUN = join(dirname(fileURLToPath(import.meta.url)), '..', 'bench', 'run.js')
+
+async function runHarness (args: string[], limitMs: number): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  return await new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [RUN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+    // SIGTERM lets the harness stop its own children; SIGKILL if even that hangs
+    const term = setTimeout(() => child.kill('SIGTERM'), limitMs)
+    const kill = setTimeout(() => child.kill('SIGKILL'), limitMs + 5000)
+    child.once('error', reject)
+    child.once('exit', (code) => { clearTimeout(term); clearTimeout(kill); resolve({ code, stdout, stderr }) })
+  })
+}
+
+test('bench harness: one short round of direct and passthrough gives the table and the JSON', { timeout: 90_000 }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-smoke-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const out = join(dir, 'result.json')
+
+  const res = await runHarness(['--rows', 'direct,passthrough', '--rounds', '1', '--duration', '1', '--warmup', '0', '--connections', '10', '--out', out], 60_000)
+  assert.equal(res.code, 0, `harness failed:\n${res.stderr}\n${res.stdout}`)
+
+  // the table: its header, one line per row with numbers (not n/a), and where the JSON went
+  assert.match(res.stdout, /^row\s+req\/s\s+p50 ms\s+p99 ms\s+× direct/m)
+  assert.match(res.stdout, /^pinning: /m)
+  assert.match(res.stdout, /^direct\s+[\d,]+\s/m)
+  assert.match(res.stdout, /^passthrough\s+[\d,]+\s/m, `passthrough did not run:\n${res.stdout}\n${res.stderr}`)
+  assert.match(res.stdout, /results: /)
+
+  assert.ok(existsSync(out), 'the JSON results file is written')
+  const json = JSON.parse(readFileSync(out, 'utf8')) as {
+    meta: { rounds: number, durationS: number, connections: number, rows: string[] }
+    rows: Array<{ name: string, status: string, reason: string | null, rounds: Array<{ rps: number, completed: number, cpuUsPerReq: number | null, rssPeakMb: number | null, errors: number }>, summary: { rps: number, ratioDirect: number[] } | null }>
+  }
+  assert.deepEqual(json.meta.rows, ['direct', 'passthrough'])
+  assert.equal(json.meta.rounds, 1)
+  assert.equal(json.meta.connections, 10)
+  for (const name of ['direct', 'passthrough']) {
+    const row = json.rows.find((r) => r.name === name)
+    assert.ok(row !== undefined, `${name} is in the JSON`)
+    assert.equal(row.status, 'ok', `${name}: ${row.reason ?? ''}`)
+    assert.equal(row.rounds.length, 1)
+    const r = row.rounds[0]
+    assert.ok(r !== undefined && r.completed > 0 && r.rps > 0, `${name} answered requests`)
+    assert.equal(r.errors, 0, `${name} answered without errors`)
+    assert.ok(r.rssPeakMb !== null && r.rssPeakMb > 0, `${name} has a peak RSS`)
+    assert.ok(row.summary !== null && row.summary.ratioDirect.length === 1)
+  }
+
+  // comparing the file with itself: every row, no change
+  const cmp = await runHarness(['--compare', out, '--with', out], 20_000)
+  assert.equal(cmp.code, 0, cmp.stderr)
+  assert.match(cmp.stdout, /^passthrough\s+.*\+0\.0%/m)
+})
