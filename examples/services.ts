@@ -5,6 +5,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { pathToFileURL } from 'node:url'
+import { WebSocketServer, WebSocket } from 'ws'
 
 type Handler = (req: IncomingMessage, body: unknown, url: URL) => { status: number, body: unknown, headers?: Record<string, string> }
 
@@ -65,7 +66,23 @@ export function usersService (): Server {
   ])
 }
 
+/** clients of GET /orders/live (WebSocket): each gets every order placed from now on, as JSON */
+const live = new WebSocketServer({ noServer: true })
+
 export function ordersService (): Server {
+  const server = ordersHttp()
+  server.on('upgrade', (req, socket, head) => {
+    if (new URL(req.url ?? '/', 'http://localhost').pathname !== '/orders/live') { socket.destroy(); return }
+    live.handleUpgrade(req, socket, head, (ws) => {
+      ws.send(JSON.stringify({ hello: req.headers['x-client-id'] ?? 'anonymous' }))
+      // anything a client sends comes back, so the connection can be tried by hand
+      ws.on('message', (data, binary) => ws.send(data, { binary }))
+    })
+  })
+  return server
+}
+
+function ordersHttp (): Server {
   return service('orders', [
     ['GET', /^\/orders$/, (req) => ({ status: 200, body: [...orders.values()].filter((o) => o.client === req.headers['x-client-id']) })],
     ['POST', /^\/orders$/, (req, body) => {
@@ -73,6 +90,7 @@ export function ordersService (): Server {
       const id = String(orders.size + 1)
       const o = { id, item: String(b.item), quantity: Number(b.quantity ?? 1), client: String(req.headers['x-client-id'] ?? 'anonymous') }
       orders.set(id, o)
+      for (const ws of live.clients) if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ placed: o }))
       return { status: 201, body: o }
     }],
   ])
@@ -98,7 +116,10 @@ export async function startDemoServices (ports: { users: number, orders: number,
     await new Promise<void>((resolve, reject) => { s.once('error', reject); s.listen(port, host, resolve) })
     servers.push(s)
   }
-  return async () => { await Promise.all(servers.map((s) => new Promise((resolve) => { s.closeAllConnections(); s.close(resolve) }))) }
+  return async () => {
+    for (const ws of live.clients) ws.terminate()
+    await Promise.all(servers.map((s) => new Promise((resolve) => { s.closeAllConnections(); s.close(resolve) })))
+  }
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {

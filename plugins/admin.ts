@@ -40,7 +40,6 @@ async function gwAdmin (app: FastifyInstance, opts: { config: GatewayConfig }): 
       ...route,
       url,
       schema: { ...(route.schema ?? {}), hide: true } as RouteOptions['schema'],
-      logLevel: route.logLevel ?? 'info',
       onRequest: [guard, ...pre] as RouteOptions['onRequest'],
     })
   })

@@ -8,6 +8,7 @@ export default defineRoutes({
   auth: { jwt: true, apiKey: true, scopes: ['orders'] },
   routes: [
     { method: 'GET', url: '', summary: 'The calling client\'s orders' },
+    { method: 'GET', url: '/live', websocket: true, summary: 'Orders as they are placed (WebSocket)' },
     {
       method: 'POST',
       url: '',

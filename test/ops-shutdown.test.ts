@@ -1,6 +1,7 @@
 /**
  * Issue 10, graceful shutdown under load: `node dist/src/server.js` gets SIGTERM while a bounded load is in flight
- * over keep-alive connections (slow answers, a streamed answer, an upload still arriving). Every accepted request
+ * over keep-alive connections (answers held by the upstream until the drain has begun, a streamed answer, an
+ * upload still arriving). Every accepted request
  * completes with a whole 200, the answers tell clients to close the connection, the buffered access log is
  * written out, and the process exits 0 without waiting for keep-alive timeouts.
  */
@@ -42,8 +43,14 @@ test('SIGTERM during a bounded keep-alive load loses no accepted request and exi
       next()
       return
     }
-    setTimeout(() => { res.writeHead(200, { 'content-type': 'text/plain' }); res.end(req.method === 'POST' ? `got ${body.length}` : 'done') }, req.url === '/slow' ? 1000 : 0)
+    const answer = (): void => { res.writeHead(200, { 'content-type': 'text/plain' }); res.end(req.method === 'POST' ? `got ${body.length}` : 'done') }
+    // the slow answers wait until the test has seen the gateway begin its drain
+    if (req.url === '/slow' && !released) held.push(answer)
+    else answer()
   })
+  const held: Array<() => void> = []
+  let released = false
+  const release = (): void => { released = true; for (const answer of held.splice(0)) answer() }
   up.server.on('request', () => { started++ })
   const port = await freePort()
   const gw = spawnNode(t, join(DIST, 'src', 'server.js'), {
@@ -70,8 +77,14 @@ test('SIGTERM during a bounded keep-alive load loses no accepted request and exi
   await eventually(() => started - baseline >= 31 ? true : undefined, 'the load is in flight')
   await new Promise((r) => setTimeout(r, 100))
   gw.proc.kill('SIGTERM')
-  await new Promise((r) => setTimeout(r, 200))
+  // the drain has begun once the listener refuses new connections; then the held answers go out
+  await eventually(async () => {
+    try { await send(port, new Agent(), 'GET', '/health/live') } catch (err) { return (err as NodeJS.ErrnoException).code === 'ECONNREFUSED' ? true : undefined }
+    return undefined
+  }, 'the gateway stops accepting connections')
   finishUpload()
+  await new Promise((r) => setTimeout(r, 100))
+  release()
 
   const answers = await Promise.all(slow)
   for (const a of answers) assert.deepEqual({ status: a.status, body: a.body }, { status: 200, body: 'done' })
