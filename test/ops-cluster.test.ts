@@ -45,7 +45,7 @@ test('WORKERS=2: both workers serve one port; metrics summed; a crashed worker i
   const metricsPort = await freePort()
   const gw = spawnNode(t, join(DIST, 'src', 'cluster.js'), {
     WORKERS: '2', PORT: String(port), HOST: '127.0.0.1', METRICS_PORT: String(metricsPort), ADMIN_TOKEN: TOKEN,
-    REDIS_URL: redis.url, ROUTES_DIR: routesDir(up.url), LOG_LEVEL: 'info', SHUTDOWN_TIMEOUT: '10s',
+    REDIS_URL: redis.url, ROUTES_DIR: routesDir(t, up.url), LOG_LEVEL: 'info', SHUTDOWN_TIMEOUT: '10s',
   })
   await gw.waitFor(/"msg":"cluster listening"/, 30_000)
   assert.doesNotMatch(gw.out, /without REDIS_URL/)
@@ -138,7 +138,7 @@ test('SIGHUP: a rolling restart replaces every worker while the port keeps servi
   const up = await startUpstream(t)
   const port = await freePort()
   const gw = spawnNode(t, join(DIST, 'src', 'cluster.js'), {
-    WORKERS: '2', PORT: String(port), HOST: '127.0.0.1', ADMIN_TOKEN: TOKEN, ROUTES_DIR: routesDir(up.url), LOG_LEVEL: 'info',
+    WORKERS: '2', PORT: String(port), HOST: '127.0.0.1', ADMIN_TOKEN: TOKEN, ROUTES_DIR: routesDir(t, up.url), LOG_LEVEL: 'info',
   })
   await gw.waitFor(/"msg":"cluster listening"/, 30_000)
   assert.match(gw.out, /"level":40[^\n]*without REDIS_URL/, 'several workers over the in-process store: a warning')

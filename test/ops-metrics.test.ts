@@ -186,7 +186,7 @@ test('counters published by other plugins are exported when present', async (t) 
 test('METRICS_PORT: plain /metrics on a separate listener, closed with the gateway', async (t) => {
   const up = await startUpstream(t)
   const metricsPort = await freePort()
-  const running = await start({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', METRICS_PORT: String(metricsPort), ROUTES_DIR: routesDir(up.url) }, { logStream: { write () {} } })
+  const running = await start({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', METRICS_PORT: String(metricsPort), ROUTES_DIR: routesDir(t, up.url) }, { logStream: { write () {} } })
   t.after(() => running.stop())
   assert.equal(running.metricsUrl, `http://127.0.0.1:${metricsPort}/metrics`)
   assert.equal((await request(`${running.url}/api/x`)).statusCode, 200)

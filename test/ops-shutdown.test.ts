@@ -54,7 +54,7 @@ test('SIGTERM during a bounded keep-alive load loses no accepted request and exi
   up.server.on('request', () => { started++ })
   const port = await freePort()
   const gw = spawnNode(t, join(DIST, 'src', 'server.js'), {
-    PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'info', ROUTES_DIR: routesDir(up.url), SHUTDOWN_TIMEOUT: '20s',
+    PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'info', ROUTES_DIR: routesDir(t, up.url), SHUTDOWN_TIMEOUT: '20s',
   })
   const agent = new Agent({ keepAlive: true, maxSockets: 40 })
   t.after(() => agent.destroy())
