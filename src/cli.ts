@@ -117,21 +117,7 @@ const safeUrl = (raw: string): string => {
   } catch { return 'the Redis URL' }
 }
 
-async function withStore<T> (settings: { url: string, prefix: string, timeoutMs: number }, fn: (repo: KeyRepository) => Promise<T>): Promise<T> {
-  const store = new RedisStore({ url: settings.url, prefix: settings.prefix, commandTimeoutMs: settings.timeoutMs, connectTimeoutMs: 5000 })
-  try {
-    await store.init()
-    if (store.state !== 'ready') {
-      const h = await store.health()
-      throw new CliError(`cannot reach Redis at ${safeUrl(settings.url)}: ${h.reason ?? 'not connected'}`, EXIT.failed, 'GW_ERR_STORE_UNAVAILABLE')
-    }
-    return await fn(new KeyRepository(store))
-  } finally {
-    await store.close().catch(() => {})
-  }
-}
-
-/** the shared store itself, for commands that are not about keys (cache purge) */
+/** the shared store, connected or a clear "cannot reach Redis" error; closed afterwards */
 async function withRawStore<T> (settings: { url: string, prefix: string, timeoutMs: number }, fn: (store: RedisStore) => Promise<T>): Promise<T> {
   const store = new RedisStore({ url: settings.url, prefix: settings.prefix, commandTimeoutMs: settings.timeoutMs, connectTimeoutMs: 5000 })
   try {
@@ -144,6 +130,10 @@ async function withRawStore<T> (settings: { url: string, prefix: string, timeout
   } finally {
     await store.close().catch(() => {})
   }
+}
+
+async function withStore<T> (settings: { url: string, prefix: string, timeoutMs: number }, fn: (repo: KeyRepository) => Promise<T>): Promise<T> {
+  return await withRawStore(settings, async (store) => await fn(new KeyRepository(store)))
 }
 
 function idArg (positionals: string[], command: string): string {

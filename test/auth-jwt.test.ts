@@ -15,6 +15,7 @@ import { defineRoutes, defineUpstream } from '../src/declare.js'
 import type { RoutesDeclaration } from '../src/declare.js'
 import { build } from './helper.js'
 import { startUpstream, type Upstream } from './helpers/upstream.js'
+import { until } from './helpers/wait.js'
 
 const SECRET = 'a-test-hmac-secret-of-32-bytes-or-more!'
 const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 })
@@ -92,15 +93,6 @@ async function startJwks (t: TestContext, keys: object[]): Promise<Jwks> {
 }
 const jwk = (key: KeyObject, kid: string, alg: string): object => ({ ...key.export({ format: 'jwk' }), kid, alg, use: 'sig' })
 
-/** poll until fn() is true, every 20 ms, at most `ms` */
-async function until (fn: () => Promise<boolean>, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms
-  for (let i = 0; i < 10_000 && Date.now() < deadline; i++) {
-    if (await fn()) return true
-    await new Promise((r) => setTimeout(r, 20))
-  }
-  return await fn()
-}
 
 test('HS256: a valid token passes; the client goes upstream; Authorization is forwarded unless JWT_FORWARD_TOKEN=false', async (t) => {
   const up = await startUpstream(t)

@@ -11,6 +11,7 @@ import { definePlans, defineRoutes, defineUpstream } from '../src/declare.js'
 import { build } from './helper.js'
 import { redisCommand, startRedis, type RedisServer } from './helpers/redis.js'
 import { startUpstream, type Upstream } from './helpers/upstream.js'
+import { until } from './helpers/wait.js'
 
 const ADMIN = 'admin-token-for-auth-tests'
 const KEY = /^gw_[0-9a-z]{12}_[0-9A-Za-z]{43}$/
@@ -44,15 +45,6 @@ async function call (app: FastifyInstance, key: string | null, url = '/api/order
   return await app.inject({ url, headers: { ...(key !== null ? { 'x-api-key': key } : {}), ...headers } })
 }
 
-/** poll until fn() is true, every 20 ms, at most `ms` */
-async function until (fn: () => Promise<boolean>, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms
-  for (let i = 0; i < 10_000 && Date.now() < deadline; i++) {
-    if (await fn()) return true
-    await new Promise((r) => setTimeout(r, 20))
-  }
-  return await fn()
-}
 
 const problem = (res: LightMyRequestResponse, status: number, code: string): void => {
   assert.equal(res.statusCode, status, res.body)

@@ -10,6 +10,7 @@ import { defineRoutes, defineUpstream } from '../src/declare.js'
 import { build } from './helper.js'
 import { redisCommand, startRedis } from './helpers/redis.js'
 import { startUpstream } from './helpers/upstream.js'
+import { until } from './helpers/wait.js'
 
 const ADMIN = 'admin-token-for-throttle-tests'
 const SECRET = 'a-test-hmac-secret-of-32-bytes-or-more!'
@@ -34,14 +35,6 @@ const token = async (app: FastifyInstance, tk: string, ip = '127.0.0.1'): Promis
   await app.inject({ url: '/jwt/x', headers: { authorization: `Bearer ${tk}` }, remoteAddress: ip })
 const guess = (i: number): string => `gw_${String(i).padStart(12, 'a')}_${'G'.repeat(43)}`
 
-async function until (fn: () => Promise<boolean>, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms
-  for (let i = 0; i < 10_000 && Date.now() < deadline; i++) {
-    if (await fn()) return true
-    await new Promise((r) => setTimeout(r, 20))
-  }
-  return await fn()
-}
 
 function throttled (res: LightMyRequestResponse): void {
   assert.equal(res.statusCode, 429, res.body)

@@ -13,6 +13,7 @@ import { defineRoutes, defineUpstream } from '../src/declare.js'
 import { build } from './helper.js'
 import { freePort, redisCommand, startRedis } from './helpers/redis.js'
 import { startUpstream } from './helpers/upstream.js'
+import { until } from './helpers/wait.js'
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli.js')
 const KEY = /gw_[0-9a-z]{12}_[0-9A-Za-z]{43}/
@@ -40,14 +41,6 @@ async function inProcess (args: string[], env: Record<string, string> = {}): Pro
   return { code, stdout, stderr }
 }
 
-async function until (fn: () => Promise<boolean>, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms
-  for (let i = 0; i < 10_000 && Date.now() < deadline; i++) {
-    if (await fn()) return true
-    await new Promise((r) => setTimeout(r, 20))
-  }
-  return await fn()
-}
 
 test('help, version, usage errors and exit codes', async () => {
   const help = await cli(['--help'])
