@@ -207,7 +207,8 @@ export class RedisStore implements Store {
       await this.client.ping()
       return { ok: true, state: 'ready', latencyMs: Math.round((performance.now() - t0) * 100) / 100, reason: null }
     } catch (err) {
-      return { ok: false, state: this.current, latencyMs: null, reason: (err as Error).message }
+      // the connection may still say ready for a moment after Redis went away: the failed probe is what counts
+      return { ok: false, state: 'down', latencyMs: null, reason: (err as Error).message }
     }
   }
 

@@ -19,12 +19,30 @@ export async function freePort (): Promise<number> {
 
 export class RedisServer {
   private proc: ChildProcess | null = null
-  constructor (readonly port: number) {}
+  private started = false
+  constructor (private _port: number) {}
+
+  get port (): number { return this._port }
 
   get url (): string { return `redis://127.0.0.1:${this.port}` }
   get running (): boolean { return this.proc !== null }
 
   async start (): Promise<void> {
+    // The port came from freePort(), which closed it again: another process may take it in between. On the first
+    // start only (a restart must keep its port), take another free port and try again.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.startOnce()
+        this.started = true
+        return
+      } catch (err) {
+        if (this.started || attempt >= 5 || !/Address already in use/.test((err as Error).message)) throw err
+        this._port = await freePort()
+      }
+    }
+  }
+
+  private async startOnce (): Promise<void> {
     if (this.proc !== null) return
     const proc = spawn('redis-server', [
       '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
