@@ -35,6 +35,7 @@ import { compilePath } from '../src/upstream/rewrite.js'
 import { compileForwardHeaders, connectionListed, HOP_BY_HOP } from '../src/upstream/forward-headers.js'
 import { clientFault, codeOf, CONNECT_FAILURES, CONNECTION_FAILURES, noHealthyTarget, UPSTREAM_TIMEOUT, upstreamError } from '../src/upstream/failures.js'
 import { upstreamCa } from '../src/upstream/target.js'
+import { exchange, type Exchange } from '../src/upstream/exchange.js'
 import { GW_ERR_BAD_PATH, GW_ERR_BAD_REQUEST, GW_ERR_BODY_TOO_LARGE } from '../src/errors.js'
 
 export interface GatewayProxy {
@@ -55,7 +56,6 @@ const BODYLESS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE'])
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'])
 
 function abortResponse (ac: AbortController): void { ac.abort(UPSTREAM_TIMEOUT) }
-function noop (): void {}
 
 function countedBody (stream: Readable, limit: number): Readable {
   let seen = 0
@@ -172,15 +172,14 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
         request.gwTarget = target.url
         request.gwUpstreamAt = performance.now()
         target.inflight++
-        let res: Dispatcher.ResponseData
+        let res: Exchange
         try {
-          res = await target.pool.request({
+          res = await exchange(target.pool, {
             path: target.basePath + path,
             method: request.method as Dispatcher.HttpMethod,
             headers,
             body,
-            signal: ac?.signal,
-          })
+          }, BUFFER_LIMIT, ac?.signal)
         } catch (err) {
           target.inflight--
           const cause = ac?.signal.aborted === true ? ac.signal.reason : err
@@ -204,7 +203,7 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
         if (status >= 500 && idempotent && attempt < tries && statuses.has(status)) {
           const next = upstream.retryTarget(request, tried)
           if (next !== null) {
-            res.body.dump().catch(noop)
+            res.stream?.destroy()
             target.inflight--
             upstream.report(target, `status ${status}`)
             target = next
@@ -213,12 +212,11 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
         }
 
         const h = res.headers
-        const len = h['content-length']
         const head = request.method === 'HEAD'
-        if (!(head || status === 204 || status === 304 || (len !== undefined && Number(len) <= BUFFER_LIMIT))) {
+        const stream = res.stream
+        if (stream !== null) {
           // streamed: the timer, the in-flight count and the target's outcome end with the body
           const t = target
-          const stream = res.body
           stream.once('close', function streamedAnswerEnded () {
             clearTimeout(timer)
             t.inflight--
@@ -229,22 +227,7 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
           copyHeaders(reply, h, true)
           return reply.send(stream)
         }
-
-        let buf: Buffer
-        try {
-          buf = Buffer.from(await res.body.arrayBuffer())
-        } catch (err) {
-          target.inflight--
-          const cause = ac?.signal.aborted === true ? ac.signal.reason : err
-          const code = codeOf(cause)
-          upstream.report(target, code)
-          if (idempotent && attempt < tries && CONNECTION_FAILURES.has(code)) {
-            const next = upstream.retryTarget(request, tried)
-            if (next !== null) { target = next; continue }
-          }
-          clearTimeout(timer)
-          throw upstreamError(cause, upstream.name)
-        }
+        const buf = res.body as Buffer
         clearTimeout(timer)
         target.inflight--
         upstream.report(target, status >= 500 ? `status ${status}` : null)

@@ -1,0 +1,105 @@
+/**
+ * One request to one target, through undici's `dispatch()` with a small handler instead of its `request()` API:
+ * no BodyReadable, no AsyncResource hop per callback, no promise per chunk. A small answer (a Content-Length up to
+ * `bufferLimit`, or no body: HEAD, 204, 304) is collected and resolves once complete, as one Buffer; anything else
+ * resolves at its headers with a Readable that streams it, with backpressure (pause/resume of the socket) and the
+ * upstream request aborted when the reader goes away.
+ */
+import type { IncomingHttpHeaders } from 'node:http'
+import { Readable } from 'node:stream'
+import type { Dispatcher } from 'undici'
+
+export interface Exchange {
+  statusCode: number
+  headers: IncomingHttpHeaders
+  /** the whole body, when it was small enough to collect */
+  body: Buffer | null
+  /** the body as a stream, when it was not */
+  stream: Readable | null
+}
+
+type Controller = Dispatcher.DispatchController
+
+const EMPTY = Buffer.alloc(0)
+
+class ExchangeHandler implements Dispatcher.DispatchHandler {
+  controller: Controller | null = null
+  statusCode = 0
+  headers: IncomingHttpHeaders = {}
+  chunks: Buffer[] | null = null
+  size = 0
+  stream: Readable | null = null
+  settled = false
+  /** the upstream answer is complete or failed: nothing left to abort */
+  finished = false
+
+  constructor (
+    private readonly bufferLimit: number,
+    private readonly head: boolean,
+    private readonly signal: AbortSignal | undefined,
+    private readonly resolve: (e: Exchange) => void,
+    private readonly reject: (err: unknown) => void,
+  ) {}
+
+  onRequestStart (controller: Controller): void {
+    this.controller = controller
+    const signal = this.signal
+    if (signal !== undefined) {
+      if (signal.aborted) controller.abort(signal.reason)
+      else signal.addEventListener('abort', () => { this.controller?.abort(signal.reason) }, { once: true })
+    }
+  }
+
+  onResponseStart (controller: Controller, statusCode: number, headers: Record<string, string | string[]>): void {
+    if (statusCode < 200) return // 1xx informational: the real answer follows
+    this.statusCode = statusCode
+    this.headers = headers as IncomingHttpHeaders
+    const len = headers['content-length']
+    if (this.head || statusCode === 204 || statusCode === 304 || (typeof len === 'string' && Number(len) <= this.bufferLimit)) {
+      this.chunks = []
+      return
+    }
+    const self = this
+    const stream = new Readable({
+      read () { controller.resume() },
+      destroy (err, cb) {
+        // the reader went away before the end (client gone, reply torn down): stop the upstream request too
+        if (!self.finished && !controller.aborted) controller.abort(err ?? new Error('response stream closed'))
+        cb(err)
+      },
+    })
+    this.stream = stream
+    this.settled = true
+    this.resolve({ statusCode, headers: this.headers, body: null, stream })
+  }
+
+  onResponseData (controller: Controller, chunk: Buffer): void {
+    if (this.chunks !== null) { this.chunks.push(chunk); this.size += chunk.length; return }
+    if (this.stream !== null && !this.stream.push(chunk)) controller.pause()
+  }
+
+  onResponseEnd (): void {
+    this.finished = true
+    if (this.chunks !== null) {
+      const c = this.chunks
+      const body = c.length === 0 ? EMPTY : c.length === 1 ? c[0] as Buffer : Buffer.concat(c, this.size)
+      this.settled = true
+      this.resolve({ statusCode: this.statusCode, headers: this.headers, body, stream: null })
+      return
+    }
+    this.stream?.push(null)
+  }
+
+  onResponseError (_controller: Controller, err: Error): void {
+    this.finished = true
+    if (!this.settled) { this.settled = true; this.reject(err); return }
+    if (this.stream !== null && !this.stream.destroyed) this.stream.destroy(err)
+  }
+}
+
+export async function exchange (dispatcher: Dispatcher, opts: Dispatcher.DispatchOptions, bufferLimit: number, signal?: AbortSignal): Promise<Exchange> {
+  return await new Promise<Exchange>((resolve, reject) => {
+    const handler = new ExchangeHandler(bufferLimit, opts.method === 'HEAD', signal, resolve, reject)
+    try { dispatcher.dispatch(opts, handler) } catch (err) { reject(err) }
+  })
+}
