@@ -8,6 +8,7 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import type { GatewayConfig } from '../src/config.js'
 import { GW_ERR_ADMIN_UNAUTHORIZED, GW_ERR_NOT_FOUND } from '../src/errors.js'
+import { addRouteHook } from '../src/route-hooks.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -35,13 +36,9 @@ async function gwAdmin (app: FastifyInstance, opts: { config: GatewayConfig }): 
   const guard = adminGuard(opts.config.adminToken)
   app.decorate('adminRoute', function adminRoute (route: RouteOptions) {
     const url = '/admin' + (route.url.startsWith('/') ? route.url : '/' + route.url)
-    const pre = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest]
-    app.route({
-      ...route,
-      url,
-      schema: { ...(route.schema ?? {}), hide: true } as RouteOptions['schema'],
-      onRequest: [guard, ...pre] as RouteOptions['onRequest'],
-    })
+    const admin: RouteOptions = { ...route, url, schema: { ...(route.schema ?? {}), hide: true } as RouteOptions['schema'] }
+    addRouteHook(admin, 'onRequest', guard, 'first')
+    app.route(admin)
   })
 }
 

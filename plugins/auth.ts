@@ -34,6 +34,7 @@ import {
 } from '../src/keys.js'
 import type { Declarations, RoutePolicy } from '../src/policy.js'
 import type { Store } from '../src/store/types.js'
+import { addRouteHook } from '../src/route-hooks.js'
 
 const BLOCK_CHANNEL = 'authfail:blocked'
 const STORE_RETRY_AFTER_S = '5'
@@ -590,10 +591,7 @@ async function gwAuth (app: FastifyInstance, opts: { config: GatewayConfig, decl
       hook = compileHook(policy, ctx)
       hooks.set(policy, hook)
     }
-    const prev = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest]
-    if (prev.includes(hook)) return
-    // a new array: the HEAD route Fastify derives from a GET copies the options and runs onRoute again
-    route.onRequest = [...prev, hook] as RouteOptions['onRequest']
+    addRouteHook(route, 'onRequest', hook, 'last')
   })
 
   registerAdmin(app, repo, keys, declarations)

@@ -34,6 +34,7 @@ import { L1Cache } from '../src/cache-l1.js'
 import { invalidates, parseInvalidation, purgeCache, type Invalidation, type PurgeSelector } from '../src/cache-purge.js'
 import { GW_ERR_CACHE_ONLY_IF_CACHED, GW_ERR_STORE_UNAVAILABLE } from '../src/errors.js'
 import { addVary, type GatewayCompression } from './compress.js'
+import { addRouteHook } from '../src/route-hooks.js'
 
 export type CacheOutcome = 'HIT' | 'MISS' | 'STALE' | 'BYPASS'
 
@@ -863,10 +864,8 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
     if (policy === undefined || cache === null || cache === undefined || policy.websocket) return
     const rt = compileRoute(policy, cache)
     route.handler = cacheThenProxy(rt, route.handler)
-    const onSend = route.onSend === undefined ? [] : Array.isArray(route.onSend) ? route.onSend : [route.onSend]
-    // first of the onSend hooks: the upstream's answer before compression or anything else changes it; a new
-    // array, since the HEAD route Fastify derives from a GET copies these options and runs onRoute again
-    route.onSend = [cacheStore, ...onSend] as RouteOptions['onSend']
+    // first of the onSend hooks: the upstream's answer before compression or anything else changes it
+    addRouteHook(route, 'onSend', cacheStore, 'first')
   })
 }
 

@@ -24,6 +24,7 @@ import { pipeline, type Readable } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteOptions } from 'fastify'
 import { VARS, type GatewayConfig } from '../src/config.js'
 import { weakEtag } from '../src/cache-http.js'
+import { addRouteHook } from '../src/route-hooks.js'
 
 export type Coding = 'br' | 'gzip'
 
@@ -216,9 +217,7 @@ async function gwCompress (app: FastifyInstance, opts: { config: GatewayConfig }
   app.addHook('onRoute', function compressRoute (route: RouteOptions) {
     const policy = route.config?.gw
     if (policy === undefined || policy.websocket) return
-    const onSend = route.onSend === undefined ? [] : Array.isArray(route.onSend) ? route.onSend : [route.onSend]
-    // a new array: Fastify's implicit HEAD route is made from a shallow copy of these options
-    route.onSend = [...onSend, compressReply] as RouteOptions['onSend']
+    addRouteHook(route, 'onSend', compressReply, 'last')
   })
 }
 

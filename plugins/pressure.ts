@@ -14,7 +14,7 @@ import underPressure, { type FastifyUnderPressureOptions } from '@fastify/under-
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import type { GatewayConfig } from '../src/config.js'
 import { GW_ERR_OVERLOADED } from '../src/errors.js'
-import { problemType } from './problem.js'
+import { problemBody } from './problem.js'
 
 const OVERLOADED = 'GW_ERR_OVERLOADED'
 const OVERLOADED_DETAIL = new GW_ERR_OVERLOADED().message
@@ -68,10 +68,7 @@ async function gwPressure (app: FastifyInstance, opts: { config: GatewayConfig }
     shed[type] = (shed[type] ?? 0) + 1
     request.gwError = OVERLOADED
     reply.code(503).type('application/problem+json').header('retry-after', retryAfter)
-    return {
-      type: problemType(OVERLOADED), title: 'Service Unavailable', status: 503, detail: OVERLOADED_DETAIL,
-      instance: request.url.split('?', 1)[0], requestId: request.id,
-    }
+    return problemBody(request, 503, OVERLOADED, OVERLOADED_DETAIL)
   }
   await app.register(underPressure, {
     maxEventLoopDelay: limits.eventLoopDelayMs,

@@ -21,16 +21,20 @@ export function problemType (code: string | undefined): string {
   return code === undefined ? 'about:blank' : `/problems/${code}`
 }
 
-export function sendProblem (request: FastifyRequest, reply: FastifyReply, status: number, code: string | undefined, detail: string, extra?: Record<string, unknown>): FastifyReply {
-  return reply.code(status).type('application/problem+json').send({
+/** The RFC 9457 body every gateway error is answered with. */
+export function problemBody (request: FastifyRequest, status: number, code: string | undefined, detail: string): Record<string, unknown> {
+  return {
     type: problemType(code),
     title: STATUS_CODES[status] ?? 'Error',
     status,
     detail,
     instance: request.url.split('?', 1)[0],
     requestId: request.id,
-    ...extra,
-  })
+  }
+}
+
+export function sendProblem (request: FastifyRequest, reply: FastifyReply, status: number, code: string | undefined, detail: string): FastifyReply {
+  return reply.code(status).type('application/problem+json').send(problemBody(request, status, code, detail))
 }
 
 async function gwProblem (app: FastifyInstance): Promise<void> {

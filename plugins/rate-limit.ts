@@ -27,6 +27,7 @@ import { GW_ERR_BAD_REQUEST, GW_ERR_QUOTA_EXCEEDED, GW_ERR_RATE_LIMITED, GW_ERR_
 import { GuardedLimiter, UNAVAILABLE, envOf, newStats, type Decision, type OnStoreError, type RateLimitStats } from '../src/rate-limit-limiter.js'
 import type { RateLimitCheck } from '../src/store/types.js'
 import { sendProblem } from './problem.js'
+import { addRouteHook } from '../src/route-hooks.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -261,10 +262,8 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
       hook = hookFor(compileRoute(policy))
       hooks.set(policy, hook)
     }
-    const prev = route.preHandler === undefined ? [] : Array.isArray(route.preHandler) ? route.preHandler : [route.preHandler]
-    if (prev.includes(hook)) return
-    // first of the preHandlers (before the cache lookup); a new array, since Fastify's derived HEAD route shares it
-    route.preHandler = [hook, ...prev] as RouteOptions['preHandler']
+    // first of the preHandlers
+    addRouteHook(route, 'preHandler', hook, 'first')
   })
 
   app.adminRoute({

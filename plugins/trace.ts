@@ -16,6 +16,7 @@ import fp from 'fastify-plugin'
 import { randomFillSync } from 'node:crypto'
 import { createRequire } from 'node:module'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteOptions } from 'fastify'
+import { addRouteHook } from '../src/route-hooks.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -100,10 +101,6 @@ function recordError (request: FastifyRequest, _reply: FastifyReply, err: Fastif
   done()
 }
 
-function prependHook<T> (current: T | T[] | undefined, hook: T): T[] {
-  return current === undefined ? [hook] : Array.isArray(current) ? [hook, ...current] : [hook, current]
-}
-
 async function gwTrace (app: FastifyInstance): Promise<void> {
   app.decorateRequest('gwTraceId', null)
   app.decorateRequest('gwTraceparent', null)
@@ -116,7 +113,7 @@ async function gwTrace (app: FastifyInstance): Promise<void> {
   // request refused by auth or a rate limit is logged with its trace id too.
   app.addHook('onRoute', function traceProxiedRoute (route: RouteOptions) {
     if (route.config?.gw === undefined) return
-    route.onRequest = prependHook(route.onRequest, startHop as never) as RouteOptions['onRequest']
+    addRouteHook(route, 'onRequest', startHop, 'first')
   })
 }
 

@@ -79,7 +79,7 @@ export function upstreamTemplate (policy: RoutePolicy): { template: string, wild
   if (rw.kind === 'template') {
     return { template: rw.parts.map((p) => typeof p === 'string' ? p : `{${p.param}}`).join(''), wildcard: false }
   }
-  const rest = policy.url === '/' && rw.fromLength === 0 ? '/' : policy.url.slice(rw.fromLength)
+  const rest = policy.url === '/' && rw.from.length === 0 ? '/' : policy.url.slice(rw.from.length)
   const wildcard = rest.endsWith('*')
   const tail = formatParamUrl(wildcard ? rest.slice(0, -1) : rest)
   const template = tail === '' ? (rw.to === '' ? '/' : rw.to) : rw.to + tail

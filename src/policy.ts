@@ -58,7 +58,7 @@ export interface PlanPolicy {
 
 export type Rewrite =
   /** replace the public prefix by `to` and keep the rest of the path and the query as they came */
-  | { kind: 'prefix', from: string, fromLength: number, to: string }
+  | { kind: 'prefix', from: string, to: string }
   /** fill :params of the route url into a template, keep the query */
   | { kind: 'template', parts: ReadonlyArray<string | { param: string }> }
 

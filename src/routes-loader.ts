@@ -216,7 +216,7 @@ function compileRewrite (p: Problems, file: string, where: string, prefix: strin
     return { kind: 'template', parts: parts.filter((x) => x !== '') }
   }
   if (fileRewrite !== undefined && fileRewrite !== '' && !fileRewrite.startsWith('/')) p.add(file, where, 'rewrite', `must start with "/", got ${JSON.stringify(fileRewrite)}`)
-  return { kind: 'prefix', from: prefix, fromLength: prefix.length, to: (fileRewrite ?? prefix).replace(/\/$/, '') }
+  return { kind: 'prefix', from: prefix, to: (fileRewrite ?? prefix).replace(/\/$/, '') }
 }
 
 function compilePlans (p: Problems, file: string, d: Record<string, PlanDeclaration>): PlanPolicy[] {

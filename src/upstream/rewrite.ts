@@ -28,7 +28,8 @@ export type PathFor = (request: PathSource) => string | null
 /** The path and query to send upstream, or null when the public path is refused. */
 export function compilePath (rewrite: Rewrite): PathFor {
   if (rewrite.kind === 'prefix') {
-    const { from, fromLength, to } = rewrite
+    const { from, to } = rewrite
+    const fromLength = from.length
     const root = to === '' ? '/' : to
     return function prefixPath (request) {
       const raw = request.raw.url as string
