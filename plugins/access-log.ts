@@ -62,6 +62,23 @@ function rateLimitOutcome (reply: FastifyReply, status: number): string | null {
   return null
 }
 
+const kLine = Symbol('gw.accessLog.route')
+interface RouteLine { route: string, upstream: string, cached: boolean, limited: boolean }
+/** request ids made or accepted by src/app.ts are of these characters: no JSON escaping needed */
+const SAFE = /^[\w.:@-]{1,128}$/
+const METHODS: Record<string, string> = Object.fromEntries(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'].map((m) => [m, `"${m}"`]))
+/** upstream target URLs are declared ones: a few, each escaped once */
+const targets = new Map<string, string>()
+function targetJson (target: string | null): string {
+  if (target === null) return 'null'
+  let out = targets.get(target)
+  if (out === undefined) {
+    out = JSON.stringify(target)
+    if (targets.size < 1024) targets.set(target, out)
+  }
+  return out
+}
+
 /** a JSON value for a line: strings through JSON.stringify, numbers as they are, absent = null */
 const j = (v: string | null | undefined): string => v === null || v === undefined ? 'null' : JSON.stringify(v)
 const n = (v: number | null): string => v === null || !Number.isFinite(v) ? 'null' : String(v)
@@ -76,41 +93,70 @@ async function gwAccessLog (app: FastifyInstance, opts: { config: GatewayConfig 
   const write = typeof destination?.write === 'function' ? destination.write.bind(destination) : null
   const head = `{"level":30,"time":`
   const host = `,"pid":${process.pid},"hostname":${JSON.stringify(hostname())},"reqId":`
+  // what is the same on every line of a route is made into JSON once, on the route's first line
+  const lineless: RouteLine = { route: ',"route":null', upstream: ',"upstream":null', cached: false, limited: false }
+  function routeLine (config: Record<PropertyKey, unknown> | undefined): RouteLine {
+    if (config === undefined) return lineless
+    let line = config[kLine] as RouteLine | undefined
+    if (line === undefined) {
+      const gw = config.gw as RoutePolicy | undefined
+      line = {
+        route: ',"route":' + j(gw?.id ?? (config.url as string | undefined) ?? null),
+        upstream: ',"upstream":' + j(gw?.upstream ?? null),
+        cached: gw?.cache != null,
+        limited: gw?.rateLimit != null,
+      }
+      config[kLine] = line
+    }
+    return line
+  }
   app.addHook('onResponse', function accessLog (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
     const log = request.log as FastifyRequest['log'] & { isLevelEnabled?: (level: string) => boolean }
     if (log.isLevelEnabled !== undefined && !log.isLevelEnabled('info')) { done(); return }
     const config = routeConfig(request)
-    const gw = config?.gw as RoutePolicy | undefined
     const status = reply.statusCode
-    const cache = gw?.cache != null ? reply.getHeader('x-cache') : undefined
     const length = reply.getHeader('content-length')
     const upstreamMs = request.gwUpstreamMs >= 0
       ? request.gwUpstreamMs
       : request.gwUpstreamAt > 0 ? performance.now() - request.gwUpstreamAt : -1
-    const fields = {
-      traceId: request.gwTraceId ?? callerTraceId(request),
-      route: gw?.id ?? (config?.url as string | undefined) ?? null,
-      method: request.method,
-      path: loggablePath(request.url),
-      status,
-      durationMs: round(reply.elapsedTime),
-      upstream: gw?.upstream ?? null,
-      target: request.gwTarget,
-      upstreamMs: upstreamMs >= 0 ? round(upstreamMs) : null,
-      clientId: request.client?.id ?? null,
-      cache: cache === undefined ? null : String(cache),
-      rateLimit: gw?.rateLimit != null ? rateLimitOutcome(reply, status) : null,
-      error: request.gwError,
-      ip: request.ip,
-      bytes: length === undefined ? null : Number(length),
+    if (write === null) {
+      const gw = config?.gw as RoutePolicy | undefined
+      const cache = gw?.cache != null ? reply.getHeader('x-cache') : undefined
+      log.info({
+        traceId: request.gwTraceId ?? callerTraceId(request),
+        route: gw?.id ?? (config?.url as string | undefined) ?? null,
+        method: request.method,
+        path: loggablePath(request.url),
+        status,
+        durationMs: round(reply.elapsedTime),
+        upstream: gw?.upstream ?? null,
+        target: request.gwTarget,
+        upstreamMs: upstreamMs >= 0 ? round(upstreamMs) : null,
+        clientId: request.client?.id ?? null,
+        cache: cache === undefined ? null : String(cache),
+        rateLimit: gw?.rateLimit != null ? rateLimitOutcome(reply, status) : null,
+        error: request.gwError,
+        ip: request.ip,
+        bytes: length === undefined ? null : Number(length),
+      }, 'request')
+      done()
+      return
     }
-    if (write === null) { log.info(fields, 'request'); done(); return }
-    write(head + Date.now() + host + JSON.stringify(String(request.id)) +
-      ',"traceId":' + j(fields.traceId) + ',"route":' + j(fields.route) + ',"method":' + j(fields.method) +
-      ',"path":' + j(fields.path) + ',"status":' + n(status) + ',"durationMs":' + n(fields.durationMs) +
-      ',"upstream":' + j(fields.upstream) + ',"target":' + j(fields.target) + ',"upstreamMs":' + n(fields.upstreamMs) +
-      ',"clientId":' + j(fields.clientId) + ',"cache":' + j(fields.cache) + ',"rateLimit":' + j(fields.rateLimit) +
-      ',"error":' + j(fields.error) + ',"ip":' + j(fields.ip) + ',"bytes":' + n(fields.bytes) + ',"msg":"request"}\n')
+    const line = routeLine(config)
+    const id = String(request.id)
+    const cache = line.cached ? reply.getHeader('x-cache') : undefined
+    const traceId = request.gwTraceId ?? callerTraceId(request)
+    write(head + Date.now() + host + (SAFE.test(id) ? '"' + id + '"' : JSON.stringify(id)) +
+      // trace ids are 32 hex digits (checked where they are made or parsed)
+      ',"traceId":' + (traceId === null ? 'null' : '"' + traceId + '"') + line.route +
+      ',"method":' + (METHODS[request.method] ?? JSON.stringify(request.method)) +
+      ',"path":' + JSON.stringify(loggablePath(request.url)) + ',"status":' + n(status) +
+      ',"durationMs":' + n(round(reply.elapsedTime)) + line.upstream + ',"target":' + targetJson(request.gwTarget) +
+      ',"upstreamMs":' + (upstreamMs >= 0 ? n(round(upstreamMs)) : 'null') + ',"clientId":' + j(request.client?.id) +
+      ',"cache":' + (cache === undefined ? 'null' : JSON.stringify(String(cache))) +
+      ',"rateLimit":' + (line.limited ? j(rateLimitOutcome(reply, status)) : 'null') +
+      ',"error":' + j(request.gwError) + ',"ip":' + j(request.ip) +
+      ',"bytes":' + (length === undefined ? 'null' : n(Number(length))) + ',"msg":"request"}\n')
     done()
   })
 }

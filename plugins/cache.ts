@@ -35,6 +35,7 @@ import { invalidates, parseInvalidation, purgeCache, type Invalidation, type Pur
 import { GW_ERR_CACHE_ONLY_IF_CACHED, GW_ERR_STORE_UNAVAILABLE } from '../src/errors.js'
 import { addVary, type GatewayCompression } from './compress.js'
 import { addRouteHook } from '../src/route-hooks.js'
+import { directWritable, markOnSend, writeDirect } from '../src/direct-reply.js'
 
 export type CacheOutcome = 'HIT' | 'MISS' | 'STALE' | 'BYPASS'
 
@@ -83,6 +84,8 @@ const REFRESH_HEADER = 'x-gw-cache-refresh'
 const REFRESH_DROP = new Set(['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'expect', 'upgrade', 'te',
   'if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range', 'cache-control', 'pragma'])
 const MAX_TAGS = 64
+/** the role of the store hook for src/direct-reply.ts: a no-op on an answer served from the cache */
+const CACHE_STORE_ROLE = 'cache-store'
 
 interface RouteCache {
   readonly policy: CachePolicy
@@ -337,6 +340,19 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
     reply.header('x-cache', outcome)
   }
 
+  /**
+   * A stored body as it is. Written straight to the socket when the route has no onSend hook besides ours (the
+   * store hook does nothing for a served entry, compression was decided above): src/direct-reply.ts.
+   */
+  function sendStored (request: FastifyRequest, reply: FastifyReply, e: CacheEntry): FastifyReply {
+    if (e.status !== 204 && e.status !== 304 && request.method !== 'HEAD' && directWritable(request, reply, CACHE_STORE_ROLE)) {
+      writeDirect(reply, e.status, e.body, app.gwShuttingDown)
+      ;(app.gwProxy.stats as { directWrites: number }).directWrites++
+      return reply
+    }
+    return reply.send(e.body)
+  }
+
   function serve (request: FastifyRequest, reply: FastifyReply, st: CacheState, e: CacheEntry, outcome: CacheOutcome, now: number): FastifyReply | Promise<FastifyReply> {
     st.phase = Phase.Served
     st.outcome = outcome
@@ -356,10 +372,10 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
     }
     reply.code(e.status)
     entryHeaders(reply, e, outcome, now, null, st.rt)
-    if (!compressible) return reply.send(e.body)
+    if (!compressible) return sendStored(request, reply, e)
     gz.varyOnEncoding(reply)
     const coding = gz.negotiate(request.headers['accept-encoding'])
-    if (coding === null) return reply.send(e.body)
+    if (coding === null) return sendStored(request, reply, e)
     gz.markEncoded(reply, coding)
     const memo = l1.variant(e, coding)
     if (memo !== undefined) return reply.header('content-length', memo.length).send(memo)
@@ -712,6 +728,7 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
     done(null, copy)
   }
 
+  markOnSend(cacheStore, CACHE_STORE_ROLE)
   function cacheStore (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: Error | null, value?: unknown) => void): void {
     const st = request.gwCache
     if (st === null || st.phase !== Phase.Fill) {

@@ -25,6 +25,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunc
 import { VARS, type GatewayConfig } from '../src/config.js'
 import { weakEtag } from '../src/cache-http.js'
 import { addRouteHook } from '../src/route-hooks.js'
+import { markOnSend } from '../src/direct-reply.js'
 
 export type Coding = 'br' | 'gzip'
 
@@ -35,6 +36,8 @@ export interface GatewayCompression {
   negotiate (acceptEncoding: string | string[] | undefined): Coding | null
   /** whether a response of this type and size is compressed for clients that accept it */
   eligible (contentType: string | null, size: number): boolean
+  /** for a reply with all its headers set and a body of `size` bytes: untouched, Vary only, or compressed with */
+  decide (request: FastifyRequest, reply: FastifyReply, size: number): 'untouched' | 'vary' | Coding
   /** a whole body compressed: synchronously when small, on the thread pool when large */
   encode (body: Buffer, coding: Coding): Buffer | Promise<Buffer>
   /** adds accept-encoding to the reply's Vary */
@@ -170,15 +173,25 @@ async function gwCompress (app: FastifyInstance, opts: { config: GatewayConfig }
     if (err != null && err.code !== 'ERR_STREAM_PREMATURE_CLOSE') this.log.warn({ err }, 'compressing a streamed response failed')
   }
 
-  function compressReply (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: HookHandlerDoneFunction & ((err: Error | null, value?: unknown) => void)): void {
-    if (payload === null || payload === undefined || request.gwCompressDecided || request.method === 'HEAD') { done(null, payload); return }
+  /**
+   * What compression does to a reply whose headers are all set, for a body of `size` bytes (Infinity: unknown):
+   * 'untouched'; 'vary' (sent as is, but its form depends on Accept-Encoding); or the coding to compress with.
+   * The onSend hook below and the proxy's direct write (src/direct-reply.ts) decide with this same function.
+   */
+  function decide (request: FastifyRequest, reply: FastifyReply, size: number): 'untouched' | 'vary' | Coding {
+    if (!enabled || request.gwCompressDecided || request.method === 'HEAD' || size < threshold) return 'untouched'
     const status = reply.statusCode
     if (status < 200 || status === 204 || status === 206 || status === 304 ||
-      isEncoded(reply.getHeader('content-encoding')) || reply.hasHeader('content-range')) { done(null, payload); return }
+      isEncoded(reply.getHeader('content-encoding')) || reply.hasHeader('content-range')) return 'untouched'
     const cc = reply.getHeader('cache-control')
-    if (cc !== undefined && /no-transform/i.test(String(cc))) { done(null, payload); return }
+    if (cc !== undefined && /no-transform/i.test(String(cc))) return 'untouched'
     const type = reply.getHeader('content-type')
-    if (!compressible(type === undefined ? null : String(type))) { done(null, payload); return }
+    if (!compressible(type === undefined ? null : String(type))) return 'untouched'
+    return negotiate(request.headers['accept-encoding']) ?? 'vary'
+  }
+
+  function compressReply (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: HookHandlerDoneFunction & ((err: Error | null, value?: unknown) => void)): void {
+    if (payload === null || payload === undefined) { done(null, payload); return }
     const streamed = typeof (payload as Readable).pipe === 'function'
     let size: number
     if (streamed) {
@@ -186,10 +199,10 @@ async function gwCompress (app: FastifyInstance, opts: { config: GatewayConfig }
       size = len === undefined ? Infinity : Number(len)
     } else if (Buffer.isBuffer(payload) || typeof payload === 'string') size = Buffer.byteLength(payload)
     else { done(null, payload); return }
-    if (size < threshold) { done(null, payload); return }
+    const coding = decide(request, reply, size)
+    if (coding === 'untouched') { done(null, payload); return }
     varyOnEncoding(reply)
-    const coding = negotiate(request.headers['accept-encoding'])
-    if (coding === null) { done(null, payload); return }
+    if (coding === 'vary') { done(null, payload); return }
     markEncoded(reply, coding)
     if (streamed) {
       reply.removeHeader('content-length')
@@ -212,7 +225,8 @@ async function gwCompress (app: FastifyInstance, opts: { config: GatewayConfig }
   }
 
   app.decorateRequest('gwCompressDecided', false)
-  app.decorate('gwCompress', { enabled, threshold, negotiate, eligible, encode, varyOnEncoding, markEncoded })
+  markOnSend(compressReply, 'replicated')
+  app.decorate('gwCompress', { enabled, threshold, negotiate, eligible, decide, encode, varyOnEncoding, markEncoded })
   if (!enabled) return
   app.addHook('onRoute', function compressRoute (route: RouteOptions) {
     const policy = route.config?.gw

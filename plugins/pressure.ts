@@ -15,6 +15,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunc
 import type { GatewayConfig } from '../src/config.js'
 import { GW_ERR_OVERLOADED } from '../src/errors.js'
 import { problemBody } from './problem.js'
+import { markOnSend } from '../src/direct-reply.js'
 
 const OVERLOADED = 'GW_ERR_OVERLOADED'
 const OVERLOADED_DETAIL = new GW_ERR_OVERLOADED().message
@@ -37,6 +38,9 @@ function closeWhileDraining (this: FastifyInstance, request: FastifyRequest, rep
   if (this.gwShuttingDown && request.raw.httpVersionMajor === 1) reply.header('connection', 'close')
   done(null, payload)
 }
+
+// the proxy's direct write (src/direct-reply.ts) adds Connection: close itself while draining
+markOnSend(closeWhileDraining, 'replicated')
 
 async function gwPressure (app: FastifyInstance, opts: { config: GatewayConfig }): Promise<void> {
   const { config } = opts

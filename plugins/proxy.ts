@@ -5,8 +5,10 @@
  * Built on undici's Pool directly rather than @fastify/reply-from: reply-from has no load balancing
  * (fastify-reply-from#208), retries only the same base URL, and its per-request stream machinery is what the
  * benchmarks found most expensive (../shared/PERFORMANCE.md). Here small bodies are buffered and sent as one
- * Buffer (no stream pipeline), large or unknown-length bodies stream, and the reply still goes through Fastify's
- * onSend/onResponse (cache, compression, metrics, access log), unlike a hijacked reply.
+ * Buffer (no stream pipeline), large or unknown-length bodies stream. A buffered answer that no onSend hook needs
+ * to see (no cache store, no compression for this client, no user hook) is written straight to the socket
+ * (src/direct-reply.ts); everything else goes through Fastify's onSend. onResponse (metrics, access log) runs
+ * either way.
  *
  * One request, one loop: pick a target -> send -> on a connection failure or a retryable status, report the
  * failure to the pool (passive health) and, when the request may go again, pick ANOTHER target, within
@@ -35,12 +37,15 @@ import { compilePath } from '../src/upstream/rewrite.js'
 import { compileForwardHeaders, connectionListed, HOP_BY_HOP } from '../src/upstream/forward-headers.js'
 import { clientFault, codeOf, CONNECT_FAILURES, CONNECTION_FAILURES, noHealthyTarget, UPSTREAM_TIMEOUT, upstreamError } from '../src/upstream/failures.js'
 import { upstreamCa } from '../src/upstream/target.js'
-import { exchange, type Exchange } from '../src/upstream/exchange.js'
+import { Deadline, exchange, type Exchange } from '../src/upstream/exchange.js'
+import { directWritable, writeDirect } from '../src/direct-reply.js'
 import { GW_ERR_BAD_PATH, GW_ERR_BAD_REQUEST, GW_ERR_BODY_TOO_LARGE } from '../src/errors.js'
 
 export interface GatewayProxy {
   handlerFor (policy: RoutePolicy): RouteHandlerMethod
   readonly upstreams: ReadonlyMap<string, UpstreamPool>
+  /** answers written straight to the socket (src/direct-reply.ts) rather than through Fastify's onSend */
+  readonly stats: { directWrites: number }
 }
 
 declare module 'fastify' {
@@ -54,8 +59,6 @@ export const BUFFER_LIMIT = 256 * 1024
 const RESPONSE_DROP = new Set<string>([...HOP_BY_HOP, 'date'])
 const BODYLESS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE'])
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'])
-
-function abortResponse (ac: AbortController): void { ac.abort(UPSTREAM_TIMEOUT) }
 
 function countedBody (stream: Readable, limit: number): Readable {
   let seen = 0
@@ -104,8 +107,11 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
   })
   app.addHook('onClose', async function closeUpstreams () { await Promise.all([...upstreams.values()].map((u) => u.close())) })
   const trust = config.trustProxy !== false
+  const stats = { directWrites: 0 }
 
   function handlerFor (policy: RoutePolicy): RouteHandlerMethod {
+    // decorated by gw-compress, which may load after this plugin; handlers are made once every plugin is in
+    const gz = app.hasDecorator('gwCompress') ? app.gwCompress : undefined
     const upstream = upstreams.get(policy.upstream) as UpstreamPool
     const pathFor = compilePath(policy.rewrite)
     const forwardHeaders = compileForwardHeaders(policy, trust)
@@ -159,12 +165,7 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
       const tries = replayable ? maxTries : 1
       const retryOn = idempotent ? CONNECTION_FAILURES : CONNECT_FAILURES
       upstream.budget?.deposit()
-      let ac: AbortController | null = null
-      let timer: NodeJS.Timeout | undefined
-      if (responseMs > 0) {
-        ac = new AbortController()
-        timer = setTimeout(abortResponse, responseMs, ac)
-      }
+      const deadline = responseMs > 0 ? new Deadline(responseMs, UPSTREAM_TIMEOUT) : undefined
       let tried = 0
 
       for (let attempt = 1; ; attempt++) {
@@ -179,14 +180,14 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
             method: request.method as Dispatcher.HttpMethod,
             headers,
             body,
-          }, BUFFER_LIMIT, ac?.signal)
+          }, BUFFER_LIMIT, deadline)
         } catch (err) {
           target.inflight--
-          const cause = ac?.signal.aborted === true ? ac.signal.reason : err
+          const cause = deadline?.expired === true ? deadline.reason : err
           const code = codeOf(cause)
           if (clientFault(code, request.raw)) {
             upstream.release(target)
-            clearTimeout(timer)
+            deadline?.clear()
             throw upstreamError(cause, upstream.name)
           }
           upstream.report(target, code)
@@ -194,7 +195,7 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
             const next = upstream.retryTarget(request, tried)
             if (next !== null) { target = next; continue }
           }
-          clearTimeout(timer)
+          deadline?.clear()
           throw upstreamError(cause, upstream.name)
         }
         request.gwUpstreamMs = performance.now() - request.gwUpstreamAt
@@ -218,7 +219,7 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
           // streamed: the timer, the in-flight count and the target's outcome end with the body
           const t = target
           stream.once('close', function streamedAnswerEnded () {
-            clearTimeout(timer)
+            deadline?.clear()
             t.inflight--
             // a client that went away destroys the stream without an error: not the target's fault
             upstream.report(t, status >= 500 ? `status ${status}` : stream.errored != null ? codeOf(stream.errored) : null)
@@ -228,18 +229,28 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
           return reply.send(stream)
         }
         const buf = res.body as Buffer
-        clearTimeout(timer)
+        deadline?.clear()
         target.inflight--
         upstream.report(target, status >= 500 ? `status ${status}` : null)
         reply.code(status)
         // HEAD keeps the upstream's Content-Length (RFC 9110 §9.3.2); a buffered body gets Fastify's own
         copyHeaders(reply, h, head)
-        return head ? reply.send() : reply.send(buf)
+        if (head) return reply.send()
+        if (status !== 204 && status !== 304 && directWritable(request, reply)) {
+          const coding = gz === undefined ? 'untouched' : gz.decide(request, reply, buf.length)
+          if (coding === 'untouched' || coding === 'vary') {
+            if (coding === 'vary') gz?.varyOnEncoding(reply)
+            writeDirect(reply, status, buf, app.gwShuttingDown)
+            stats.directWrites++
+            return reply
+          }
+        }
+        return reply.send(buf)
       }
     }
   }
 
-  app.decorate('gwProxy', { handlerFor, upstreams })
+  app.decorate('gwProxy', { handlerFor, upstreams, stats })
 }
 
 export default fp(gwProxy, { name: 'gw-proxy', fastify: '5.x', dependencies: ['gw-problem', 'gw-trace'] })

@@ -12,6 +12,7 @@ import type { GatewayConfig } from './config.js'
 import type { Declarations } from './policy.js'
 import { loadDeclarations, type DeclarationSource } from './routes-loader.js'
 import { mountRoutes } from './mount.js'
+import { lazyChildLoggerFactory } from './lazy-logger.js'
 import type { Store } from './store/index.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -65,6 +66,7 @@ export async function buildApp (config: GatewayConfig, opts: BuildOptions = {}):
     },
     // one access line per request comes from plugins/access-log.ts instead of Fastify's two
     logController: new LogController({ disableRequestLogging: true }),
+    childLoggerFactory: lazyChildLoggerFactory as unknown as FastifyServerOptions['childLoggerFactory'],
     return503OnClosing: true,
     forceCloseConnections: 'idle',
     routerOptions: { maxParamLength: 1000 },

@@ -11,7 +11,7 @@
  * channel `apikeys:changed` carries `<id> <origin>` for each changed key so every replica drops its cached copy (the
  * origin names the writer, which has dropped its own copy already and ignores its echo).
  */
-import { createHash, randomBytes } from 'node:crypto'
+import { hash, randomBytes } from 'node:crypto'
 import type { Store } from './store/types.js'
 import { parseDuration, DURATION_HINT } from './duration.js'
 import { GW_ERR_BAD_REQUEST, GW_ERR_KEY_CONFLICT, GW_ERR_KEY_NOT_FOUND } from './errors.js'
@@ -65,7 +65,8 @@ export function keyIdOf (key: string): string | null {
 
 /** SHA-256 of the whole key, as stored; compared with crypto.timingSafeEqual by the plugin */
 export function hashKey (key: string): Buffer {
-  return createHash('sha256').update(key).digest()
+  // the one-shot crypto.hash (Node >= 20.12) costs about two thirds of createHash().update().digest()
+  return hash('sha256', key, 'buffer')
 }
 
 export type KeyStatus = 'active' | 'expired' | 'revoked'

@@ -43,7 +43,13 @@ test('SIGTERM during a bounded keep-alive load loses no accepted request and exi
       next()
       return
     }
-    const answer = (): void => { res.writeHead(200, { 'content-type': 'text/plain' }); res.end(req.method === 'POST' ? `got ${body.length}` : 'done') }
+    // the GETs' answers have a length (collected, then written directly: src/direct-reply.ts), the upload's has
+    // none (streamed through Fastify's pipeline): both paths must tell the client to close
+    const answer = (): void => {
+      if (req.method === 'POST') { res.writeHead(200, { 'content-type': 'text/plain' }); res.end(`got ${body.length}`); return }
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '4' })
+      res.end('done')
+    }
     // the slow answers wait until the test has seen the gateway begin its drain
     if (req.url === '/slow' && !released) held.push(answer)
     else answer()

@@ -300,7 +300,9 @@ export class RedisStore implements Store {
   private async rateLimitClient (): Promise<GwRedis> {
     let c = this.rateLimitConn
     if (c === null) {
-      c = this.client.duplicate({ commandTimeout: undefined, lazyConnect: true }) as GwRedis
+      // checks are already batched (one EVALSHA per event-loop turn): ioredis's auto-pipelining would only wrap
+      // each batch in a Pipeline object of its own
+      c = this.client.duplicate({ commandTimeout: undefined, lazyConnect: true, enableAutoPipelining: false }) as GwRedis
       c.defineCommand('gwRateLimit', { lua: RATE_LIMIT })
       c.on('error', () => { /* the main connection reports the store's state */ })
       this.rateLimitConn = c

@@ -4,6 +4,9 @@
  * `bufferLimit`, or no body: HEAD, 204, 304) is collected and resolves once complete, as one Buffer; anything else
  * resolves at its headers with a Readable that streams it, with backpressure (pause/resume of the socket) and the
  * upstream request aborted when the reader goes away.
+ *
+ * The whole-response timeout is a `Deadline` the caller arms once per request (a plain timer that aborts the try
+ * in flight) rather than an AbortController: no EventTarget, no listener per try.
  */
 import type { IncomingHttpHeaders } from 'node:http'
 import { Readable } from 'node:stream'
@@ -22,6 +25,32 @@ type Controller = Dispatcher.DispatchController
 
 const EMPTY = Buffer.alloc(0)
 
+/** A time limit over every try of one request: when it passes, the try in flight is aborted with `reason`. */
+export class Deadline {
+  expired = false
+  #current: ExchangeHandler | null = null
+  readonly #timer: NodeJS.Timeout
+
+  constructor (ms: number, readonly reason: Error) {
+    this.#timer = setTimeout(expire, ms, this)
+  }
+
+  /** the try now in flight (exchange() sets it) */
+  attach (handler: ExchangeHandler): void { this.#current = handler }
+
+  expire (): void {
+    this.expired = true
+    this.#current?.abort(this.reason)
+  }
+
+  clear (): void {
+    clearTimeout(this.#timer)
+    this.#current = null
+  }
+}
+
+function expire (d: Deadline): void { d.expire() }
+
 class ExchangeHandler implements Dispatcher.DispatchHandler {
   controller: Controller | null = null
   statusCode = 0
@@ -36,18 +65,22 @@ class ExchangeHandler implements Dispatcher.DispatchHandler {
   constructor (
     private readonly bufferLimit: number,
     private readonly head: boolean,
-    private readonly signal: AbortSignal | undefined,
+    private readonly deadline: Deadline | undefined,
     private readonly resolve: (e: Exchange) => void,
     private readonly reject: (err: unknown) => void,
   ) {}
 
   onRequestStart (controller: Controller): void {
     this.controller = controller
-    const signal = this.signal
-    if (signal !== undefined) {
-      if (signal.aborted) controller.abort(signal.reason)
-      else signal.addEventListener('abort', () => { this.controller?.abort(signal.reason) }, { once: true })
-    }
+    const d = this.deadline
+    if (d !== undefined && d.expired) controller.abort(d.reason)
+  }
+
+  /** stops the exchange: before the answer it rejects, during a streamed body it destroys the stream */
+  abort (reason: Error): void {
+    if (this.finished) return
+    const c = this.controller
+    if (c !== null && !c.aborted) c.abort(reason)
   }
 
   onResponseStart (controller: Controller, statusCode: number, headers: Record<string, string | string[]>): void {
@@ -97,9 +130,10 @@ class ExchangeHandler implements Dispatcher.DispatchHandler {
   }
 }
 
-export async function exchange (dispatcher: Dispatcher, opts: Dispatcher.DispatchOptions, bufferLimit: number, signal?: AbortSignal): Promise<Exchange> {
+export async function exchange (dispatcher: Dispatcher, opts: Dispatcher.DispatchOptions, bufferLimit: number, deadline?: Deadline): Promise<Exchange> {
   return await new Promise<Exchange>((resolve, reject) => {
-    const handler = new ExchangeHandler(bufferLimit, opts.method === 'HEAD', signal, resolve, reject)
+    const handler = new ExchangeHandler(bufferLimit, opts.method === 'HEAD', deadline, resolve, reject)
+    deadline?.attach(handler)
     try { dispatcher.dispatch(opts, handler) } catch (err) { reject(err) }
   })
 }
