@@ -14,7 +14,8 @@ COPY test ./test
 RUN npx tsc -p . && npm prune --omit=dev
 
 FROM node:20-bookworm-slim AS runtime
-ENV NODE_ENV=production PORT=8080 HOST=0.0.0.0
+# V8 flags of the gateway process: src/node-flags.ts says why
+ENV NODE_ENV=production PORT=8080 HOST=0.0.0.0 NODE_OPTIONS="--max-semi-space-size=8"
 WORKDIR /app
 COPY --from=build --chown=node:node /app/node_modules ./node_modules
 COPY --from=build --chown=node:node /app/dist ./dist

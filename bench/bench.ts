@@ -8,6 +8,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
+import { GATEWAY_NODE_FLAGS } from '../src/node-flags.js'
 import { discoverFeatures, type Features } from './lib/features.js'
 import { waitFor } from './lib/http.js'
 import { runLoad, type LoadResult, type LoadSpec } from './lib/load.js'
@@ -177,9 +178,9 @@ export function gatewayEnv (infra: Infra, port: number, extra: Record<string, st
   })
 }
 
-export function nodeArgs (script: string, profile: { dir: string, name: string } | null): string[] {
+export function nodeArgs (script: string, profile: { dir: string, name: string } | null, flags: readonly string[] = []): string[] {
   const prof = profile === null ? [] : ['--cpu-prof', '--cpu-prof-dir', profile.dir, '--cpu-prof-name', profile.name]
-  return ['--import', WATCHDOG, ...prof, script]
+  return ['--import', WATCHDOG, ...flags, ...prof, script]
 }
 
 /** Start a gateway process and wait for /health/ready; a failed start reports the gateway's own words. */
@@ -188,7 +189,8 @@ export async function startGateway (infra: Infra, name: string, env: Record<stri
   const child = spawnChild({
     name: `gateway (${name})`,
     command: process.execPath,
-    args: nodeArgs(join(DIST, 'src', 'server.js'), profile),
+    // the gateway as deployed (Dockerfile, npm start); the baseline keeps Node's defaults
+    args: nodeArgs(join(DIST, 'src', 'server.js'), profile, GATEWAY_NODE_FLAGS),
     env,
     core: infra.pinning.server,
     stdoutFile: logFile,

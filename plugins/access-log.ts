@@ -49,6 +49,14 @@ export function loggablePath (url: string): string {
 }
 
 const round = (ms: number): number => Math.round(ms * 10) / 10
+/** round(ms) as JSON, from integers: a double's shortest decimal form is what String(number) spends its time on */
+function ms1 (ms: number): string {
+  if (!Number.isFinite(ms)) return 'null'
+  const tenths = Math.round(ms * 10)
+  const whole = Math.trunc(tenths / 10)
+  const digit = Math.abs(tenths % 10)
+  return digit === 0 ? String(whole) : (tenths < 0 && whole === 0 ? '-0.' : whole + '.') + digit
+}
 
 /** requests that took no part in a trace (not proxied, or refused before) still log the caller's trace id */
 function callerTraceId (request: FastifyRequest): string | null {
@@ -150,9 +158,9 @@ async function gwAccessLog (app: FastifyInstance, opts: { config: GatewayConfig 
       // trace ids are 32 hex digits (checked where they are made or parsed)
       ',"traceId":' + (traceId === null ? 'null' : '"' + traceId + '"') + line.route +
       ',"method":' + (METHODS[request.method] ?? JSON.stringify(request.method)) +
-      ',"path":' + JSON.stringify(loggablePath(request.url)) + ',"status":' + n(status) +
-      ',"durationMs":' + n(round(reply.elapsedTime)) + line.upstream + ',"target":' + targetJson(request.gwTarget) +
-      ',"upstreamMs":' + (upstreamMs >= 0 ? n(round(upstreamMs)) : 'null') + ',"clientId":' + j(request.client?.id) +
+      ',"path":' + JSON.stringify(loggablePath(request.url)) + ',"status":' + status +
+      ',"durationMs":' + ms1(reply.elapsedTime) + line.upstream + ',"target":' + targetJson(request.gwTarget) +
+      ',"upstreamMs":' + (upstreamMs >= 0 ? ms1(upstreamMs) : 'null') + ',"clientId":' + j(request.client?.id) +
       ',"cache":' + (cache === undefined ? 'null' : JSON.stringify(String(cache))) +
       ',"rateLimit":' + (line.limited ? j(rateLimitOutcome(reply, status)) : 'null') +
       ',"error":' + j(request.gwError) + ',"ip":' + j(request.ip) +

@@ -4,6 +4,7 @@
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { GATEWAY_NODE_FLAGS } from '../src/node-flags.js'
 import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -49,4 +50,13 @@ test('Dockerfile: multi-stage, compiled JavaScript, non-root', () => {
   assert.match(text, /^USER node$/m)
   assert.match(text, /CMD \["node", "dist\/src\/server\.js"\]/)
   assert.match(text, /HEALTHCHECK .*\/health\/live/)
+})
+
+test('the gateway process runs with GATEWAY_NODE_FLAGS in the image and under npm start', () => {
+  const docker = readFileSync(join(root, 'Dockerfile'), 'utf8')
+  const options = /NODE_OPTIONS="([^"]*)"/.exec(docker)
+  assert.ok(options !== null, 'the runtime stage sets NODE_OPTIONS')
+  assert.deepEqual((options[1] as string).split(' '), [...GATEWAY_NODE_FLAGS])
+  const start = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.start as string
+  assert.equal(start, `node ${GATEWAY_NODE_FLAGS.join(' ')} dist/src/demo.js`)
 })
