@@ -104,7 +104,7 @@ export interface BenchMeta {
 
 export interface BenchResult { meta: BenchMeta, rows: RowResult[] }
 
-interface Server { child: Child, base: string, logFile: string | null, spec: LoadSpec | null }
+export interface Server { child: Child, base: string, logFile: string | null, spec: LoadSpec | null }
 
 export interface Infra {
   pinning: Pinning
@@ -184,13 +184,13 @@ export function nodeArgs (script: string, profile: { dir: string, name: string }
 }
 
 /** Start a gateway process and wait for /health/ready; a failed start reports the gateway's own words. */
-export async function startGateway (infra: Infra, name: string, env: Record<string, string>, port: number, profile: { dir: string, name: string } | null, readyMs = 30_000): Promise<Server> {
+export async function startGateway (infra: Infra, name: string, env: Record<string, string>, port: number, profile: { dir: string, name: string } | null, readyMs = 30_000, dist = DIST): Promise<Server> {
   const logFile = join(infra.tmp, `${name}.log`)
   const child = spawnChild({
     name: `gateway (${name})`,
     command: process.execPath,
     // the gateway as deployed (Dockerfile, npm start); the baseline keeps Node's defaults
-    args: nodeArgs(join(DIST, 'src', 'server.js'), profile, GATEWAY_NODE_FLAGS),
+    args: nodeArgs(join(dist, 'src', 'server.js'), profile, GATEWAY_NODE_FLAGS),
     env,
     core: infra.pinning.server,
     stdoutFile: logFile,

@@ -5,6 +5,7 @@ import { mkdirSync, writeFileSync, existsSync } from 'node:fs'
 import { dirname, join, relative, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { runBench, type BenchResult } from './bench.js'
+import { renderAb, runAb } from './ab.js'
 import { GROWTH_SECTIONS, runGrowth, type GrowthSection } from './growth.js'
 import { installCleanup, killAll, ROOT } from './lib/procs.js'
 import { renderProfile, summarizeProfile } from './profile.js'
@@ -25,6 +26,9 @@ const HELP = `npm run bench -- [options]
   --growth            the cost-growth measurements instead (bench/growth.ts); with --rows, a selection of
                       startup (10/1,000/10,000 routes), routes (1 vs 10,000), keys (10 vs 100,000 API keys)
   --same-process      one process per row for all rounds (RSS growth from round to round shows)
+  --ab DIR            A/B: this build against the built checkout in DIR (bench/ab.ts), gateway rows only
+                      (default: passthrough, apiKey, full, cacheHitL1), alternating slices, both start orders
+  --slices N          with --ab: alternating slices per start order (default 6; --duration is a slice)
   --no-pin            do not pin processes to cores with taskset
   --help`
 
@@ -68,6 +72,8 @@ async function main (): Promise<void> {
       compare: { type: 'string' },
       with: { type: 'string' },
       profile: { type: 'string' },
+      ab: { type: 'string' },
+      slices: { type: 'string' },
       growth: { type: 'boolean', default: false },
       'same-process': { type: 'boolean', default: false },
       'no-pin': { type: 'boolean', default: false },
@@ -106,6 +112,24 @@ async function main (): Promise<void> {
     const result = await runGrowth({ ...common, sections: new Set(sections as GrowthSection[]) })
     process.stdout.write(result.text + '\n')
     writeJson(out, result.json)
+    process.stdout.write(`\nresults: ${show(out)}\n`)
+    return
+  }
+
+  if (values.ab !== undefined) {
+    const other = resolve(values.ab)
+    if (!existsSync(join(other, 'dist', 'src', 'server.js'))) throw new Error(`--ab ${values.ab}: no built gateway there (dist/src/server.js); run npm ci && npm run build in it`)
+    const opts = {
+      ...common,
+      other,
+      rows: values.rows !== undefined ? values.rows.split(',').map((s) => s.trim()).filter(Boolean) : ['passthrough', 'apiKey', 'full', 'cacheHitL1'],
+      slices: positiveInt('slices', values.slices, 6, 1, 100),
+      durationS: seconds('duration', values.duration, 3, 0.5),
+    }
+    const rows = await runAb(opts, join(ROOT, 'dist'))
+    process.stdout.write(renderAb(rows, show(other), opts) + '\n')
+    const out = resolve(values.out ?? join(resultsDir, `ab-${stamp()}.json`))
+    writeJson(out, { other, slices: opts.slices, durationS: opts.durationS, connections: opts.connections, rows })
     process.stdout.write(`\nresults: ${show(out)}\n`)
     return
   }

@@ -57,6 +57,7 @@ test('the gateway process runs with GATEWAY_NODE_FLAGS in the image and under np
   const options = /NODE_OPTIONS="([^"]*)"/.exec(docker)
   assert.ok(options !== null, 'the runtime stage sets NODE_OPTIONS')
   assert.deepEqual((options[1] as string).split(' '), [...GATEWAY_NODE_FLAGS])
-  const start = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.start as string
-  assert.equal(start, `node ${GATEWAY_NODE_FLAGS.join(' ')} dist/src/demo.js`)
+  const scripts = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts
+  assert.equal(scripts.start, `node ${GATEWAY_NODE_FLAGS.join(' ')} dist/src/demo.js`)
+  assert.equal(scripts['start:cluster'], `node ${GATEWAY_NODE_FLAGS.join(' ')} dist/src/cluster.js`)
 })
