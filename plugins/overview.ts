@@ -94,7 +94,7 @@ async function gwOverview (app: FastifyInstance): Promise<void> {
           startedAt,
           uptimeS: Math.round(process.uptime()),
           node: process.version,
-          memory: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, heapTotalBytes: mem.heapTotal },
+          memory: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, heapTotalBytes: mem.heapTotal, externalBytes: mem.external, arrayBuffersBytes: mem.arrayBuffers },
           shuttingDown: app.gwShuttingDown,
           loadShedding: pressure === undefined ? null : { limits: plain(pressure.limits), shed: plain(pressure.shed), sampled: plain(sampled) },
         },

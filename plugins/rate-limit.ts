@@ -18,7 +18,7 @@
  * being the hash tag, so one script call touches one Redis Cluster slot.
  */
 import fp from 'fastify-plugin'
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 import { Type } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions, preHandlerAsyncHookHandler } from 'fastify'
 import type { GatewayConfig } from '../src/config.js'
@@ -44,7 +44,7 @@ export function formatDuration (ms: number): string {
   return `${ms}ms`
 }
 
-const digest = (s: string): string => createHash('sha256').update(s).digest('base64url').slice(0, 22)
+const digest = (s: string): string => hash('sha256', s, 'base64url').slice(0, 22)
 /** subjects longer than this are hashed: keys stay short whatever a client id or header holds */
 const MAX_SUBJECT = 128
 const BRACES = /[{}%]/

@@ -15,7 +15,7 @@
  * two requests that must not share an answer share a key, whatever the truncations. No hash tags: the cache never
  * runs a script over several keys, and one tag per route would put a whole route on one Redis Cluster node.
  */
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 
 export const ENTRY_PREFIX = 'cache:e:'
 export const LOCK_PREFIX = 'cache:l:'
@@ -26,7 +26,7 @@ export const INVALIDATE_CHANNEL = 'cache:invalidate'
 export const MAX_PATH_IN_KEY = 512
 
 export function digest (material: string | Buffer, length = 22): string {
-  return createHash('sha256').update(material).digest('base64url').slice(0, length)
+  return hash('sha256', material, 'base64url').slice(0, length)
 }
 
 const PCT = /%[0-9a-fA-F]{2}/g

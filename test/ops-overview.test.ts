@@ -40,6 +40,7 @@ test('GET /admin/overview: routes and policies, upstream target health, store an
   assert.equal(o.process.worker, null)
   assert.equal(o.process.shuttingDown, false)
   assert.equal(typeof o.process.memory.rssBytes, 'number')
+  assert.equal(typeof o.process.memory.arrayBuffersBytes, 'number', 'Buffers held outside the V8 heap (socket reads, cache bodies)')
   assert.deepEqual({ kind: o.store.kind, state: o.store.state, ok: o.store.ok }, { kind: 'redis', state: 'ready', ok: true })
 
   const get = o.routes.find((r: { id: string }) => r.id === 'GET /users/:id')
