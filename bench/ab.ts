@@ -1,7 +1,8 @@
 /**
  * `npm run bench -- --ab OTHER_CHECKOUT [--rows …] [--slices N] [--duration S]`: this build (A) against another
  * build of the gateway (B: a built checkout, e.g. `git worktree add /tmp/old HEAD~1 && (cd /tmp/old && npm ci &&
- * npm run build)`), row by row, on the same core under the same load.
+ * npm run build)`), row by row, on the same core under the same load. A row written `x:y` runs row x on A and
+ * row y on B: with `--ab .` (this build twice) that measures what one policy costs, e.g. `apiKey:passthrough`.
  *
  * The sequential table compares rows measured seconds apart, and on these shared 2-core machines the speed of a
  * core drifts by tens of percent within a minute. Here both gateways run side by side, idle but warm, and the load
@@ -43,11 +44,12 @@ export interface AbRow {
 
 const geo = (x: number, y: number): number => Math.sqrt(x * y)
 
-async function startPair (infra: Infra, row: RowDef, thisDist: string, otherDist: string, aFirst: boolean): Promise<{ a: Server, b: Server }> {
-  const extra = row.env?.(infra.features) ?? {}
+async function startPair (infra: Infra, rows: { a: RowDef, b: RowDef }, thisDist: string, otherDist: string, aFirst: boolean): Promise<{ a: Server, b: Server }> {
   const start = async (which: 'a' | 'b'): Promise<Server> => {
     const port = await freePort()
     const dist = which === 'a' ? thisDist : otherDist
+    const row = rows[which]
+    const extra = row.env?.(infra.features) ?? {}
     return await startGateway(infra, `${row.name}-${which}`, gatewayEnv(infra, port, extra, join(dist, 'bench', 'routes')), port, null, 30_000, dist)
   }
   if (aFirst) { const a = await start('a'); return { a, b: await start('b') } }
@@ -60,8 +62,13 @@ export async function runAb (opts: AbOptions, thisDist: string): Promise<AbRow[]
   const infra = await startInfra(opts.pin, opts.log)
   const out: AbRow[] = []
   try {
-    for (const row of rowsByName(opts.rows)) {
-      if (row.kind !== 'gateway') { out.push({ row: row.name, status: 'n/a', reason: 'only gateway rows have two builds' }); continue }
+    for (const spec of opts.rows) {
+      // "x" compares row x of both builds; "x:y" row x (A) against row y (B), both of this build when DIR is "."
+      const [nameA, nameB] = spec.includes(':') ? spec.split(':') as [string, string] : [spec, spec]
+      const rowA = rowsByName([nameA])[0] as RowDef
+      const rowB = rowsByName([nameB])[0] as RowDef
+      const row = { name: spec }
+      if (rowA.kind !== 'gateway' || rowB.kind !== 'gateway') { out.push({ row: spec, status: 'n/a', reason: 'only gateway rows' }); continue }
       const orders: NonNullable<AbRow['orders']> = []
       const cpuA: number[] = []
       const cpuB: number[] = []
@@ -69,11 +76,11 @@ export async function runAb (opts: AbOptions, thisDist: string): Promise<AbRow[]
       try {
         for (const aFirst of [true, false]) {
           await infra.redis.flush()
-          const { a, b } = await startPair(infra, row, thisDist, otherDist, aFirst)
+          const { a, b } = await startPair(infra, { a: rowA, b: rowB }, thisDist, otherDist, aFirst)
           try {
             const ctx = (s: Server) => ({ base: s.base, adminToken: infra.adminToken, jwtSecret: infra.jwtSecret, logFile: s.logFile, features: infra.features })
-            const specA = await row.prepare(ctx(a))
-            const specB = await row.prepare(ctx(b))
+            const specA = await rowA.prepare(ctx(a))
+            const specB = await rowB.prepare(ctx(b))
             const load = { connections: opts.connections, durationS: opts.durationS, warmupS: 0 }
             // warm both: JIT, pools, caches
             await measure(a.child.pid, specA, infra, { ...load, durationS: opts.warmupS })
