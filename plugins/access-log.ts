@@ -71,7 +71,8 @@ function rateLimitOutcome (reply: FastifyReply, status: number): string | null {
 }
 
 const kLine = Symbol('gw.accessLog.route')
-interface RouteLine { route: string, upstream: string, cached: boolean, limited: boolean }
+/** a route's part of every line: its name and upstream (and both as JSON), and which outcomes it logs */
+interface RouteLine { routeName: string | null, upstreamName: string | null, route: string, upstream: string, cached: boolean, limited: boolean }
 /** request ids made or accepted by src/app.ts are of these characters: no JSON escaping needed */
 const SAFE = /^[\w.:@-]{1,128}$/
 const METHODS: Record<string, string> = Object.fromEntries(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'].map((m) => [m, `"${m}"`]))
@@ -102,18 +103,16 @@ async function gwAccessLog (app: FastifyInstance, opts: { config: GatewayConfig 
   const head = `{"level":30,"time":`
   const host = `,"pid":${process.pid},"hostname":${JSON.stringify(hostname())},"reqId":`
   // what is the same on every line of a route is made into JSON once, on the route's first line
-  const lineless: RouteLine = { route: ',"route":null', upstream: ',"upstream":null', cached: false, limited: false }
+  function makeLine (routeName: string | null, upstreamName: string | null, cached: boolean, limited: boolean): RouteLine {
+    return { routeName, upstreamName, route: ',"route":' + j(routeName), upstream: ',"upstream":' + j(upstreamName), cached, limited }
+  }
+  const lineless = makeLine(null, null, false, false)
   function routeLine (config: Record<PropertyKey, unknown> | undefined): RouteLine {
     if (config === undefined) return lineless
     let line = config[kLine] as RouteLine | undefined
     if (line === undefined) {
       const gw = config.gw as RoutePolicy | undefined
-      line = {
-        route: ',"route":' + j(gw?.id ?? (config.url as string | undefined) ?? null),
-        upstream: ',"upstream":' + j(gw?.upstream ?? null),
-        cached: gw?.cache != null,
-        limited: gw?.rateLimit != null,
-      }
+      line = makeLine(gw?.id ?? (config.url as string | undefined) ?? null, gw?.upstream ?? null, gw?.cache != null, gw?.rateLimit != null)
       config[kLine] = line
     }
     return line
@@ -127,22 +126,24 @@ async function gwAccessLog (app: FastifyInstance, opts: { config: GatewayConfig 
     const upstreamMs = request.gwUpstreamMs >= 0
       ? request.gwUpstreamMs
       : request.gwUpstreamAt > 0 ? performance.now() - request.gwUpstreamAt : -1
+    const line = routeLine(config)
+    const traceId = request.gwTraceId ?? callerTraceId(request)
+    const cache = line.cached ? reply.getHeader('x-cache') : undefined
+    const rateLimit = line.limited ? rateLimitOutcome(reply, status) : null
     if (write === null) {
-      const gw = config?.gw as RoutePolicy | undefined
-      const cache = gw?.cache != null ? reply.getHeader('x-cache') : undefined
       log.info({
-        traceId: request.gwTraceId ?? callerTraceId(request),
-        route: gw?.id ?? (config?.url as string | undefined) ?? null,
+        traceId,
+        route: line.routeName,
         method: request.method,
         path: loggablePath(request.url),
         status,
         durationMs: round(reply.elapsedTime),
-        upstream: gw?.upstream ?? null,
+        upstream: line.upstreamName,
         target: request.gwTarget,
         upstreamMs: upstreamMs >= 0 ? round(upstreamMs) : null,
         clientId: request.client?.id ?? null,
         cache: cache === undefined ? null : String(cache),
-        rateLimit: gw?.rateLimit != null ? rateLimitOutcome(reply, status) : null,
+        rateLimit,
         error: request.gwError,
         ip: request.ip,
         bytes: length === undefined ? null : Number(length),
@@ -150,10 +151,7 @@ async function gwAccessLog (app: FastifyInstance, opts: { config: GatewayConfig 
       done()
       return
     }
-    const line = routeLine(config)
     const id = String(request.id)
-    const cache = line.cached ? reply.getHeader('x-cache') : undefined
-    const traceId = request.gwTraceId ?? callerTraceId(request)
     write(head + Date.now() + host + (SAFE.test(id) ? '"' + id + '"' : JSON.stringify(id)) +
       // trace ids are 32 hex digits (checked where they are made or parsed)
       ',"traceId":' + (traceId === null ? 'null' : '"' + traceId + '"') + line.route +
@@ -162,7 +160,7 @@ async function gwAccessLog (app: FastifyInstance, opts: { config: GatewayConfig 
       ',"durationMs":' + ms1(reply.elapsedTime) + line.upstream + ',"target":' + targetJson(request.gwTarget) +
       ',"upstreamMs":' + (upstreamMs >= 0 ? ms1(upstreamMs) : 'null') + ',"clientId":' + j(request.client?.id) +
       ',"cache":' + (cache === undefined ? 'null' : JSON.stringify(String(cache))) +
-      ',"rateLimit":' + (line.limited ? j(rateLimitOutcome(reply, status)) : 'null') +
+      ',"rateLimit":' + j(rateLimit) +
       ',"error":' + j(request.gwError) + ',"ip":' + j(request.ip) +
       ',"bytes":' + (length === undefined ? 'null' : n(Number(length))) + ',"msg":"request"}\n')
     done()
