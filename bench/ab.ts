@@ -67,7 +67,6 @@ export async function runAb (opts: AbOptions, thisDist: string): Promise<AbRow[]
       const [nameA, nameB] = spec.includes(':') ? spec.split(':') as [string, string] : [spec, spec]
       const rowA = rowsByName([nameA])[0] as RowDef
       const rowB = rowsByName([nameB])[0] as RowDef
-      const row = { name: spec }
       if (rowA.kind !== 'gateway' || rowB.kind !== 'gateway') { out.push({ row: spec, status: 'n/a', reason: 'only gateway rows' }); continue }
       const orders: NonNullable<AbRow['orders']> = []
       const cpuA: number[] = []
@@ -98,7 +97,7 @@ export async function runAb (opts: AbOptions, thisDist: string): Promise<AbRow[]
               cpuA.push(got.a.us)
               cpuB.push(got.b.us)
               pairs.push({ rps: got.b.rps / got.a.rps, cpu: got.b.us / got.a.us })
-              opts.log(`${row.name} (${aFirst ? 'A' : 'B'} started first) slice ${i + 1}/${opts.slices}: A ${got.a.rps.toFixed(0)} req/s ${got.a.us.toFixed(1)} µs | B ${got.b.rps.toFixed(0)} req/s ${got.b.us.toFixed(1)} µs`)
+              opts.log(`${spec} (${aFirst ? 'A' : 'B'} started first) slice ${i + 1}/${opts.slices}: A ${got.a.rps.toFixed(0)} req/s ${got.a.us.toFixed(1)} µs | B ${got.b.rps.toFixed(0)} req/s ${got.b.us.toFixed(1)} µs`)
             }
             const rpsRatios = pairs.map((p) => p.rps)
             orders.push({ firstStarted: aFirst ? 'A' : 'B', rps: median(rpsRatios) ?? NaN, cpu: median(pairs.map((p) => p.cpu)) ?? NaN, rpsMin: Math.min(...rpsRatios), rpsMax: Math.max(...rpsRatios) })
@@ -109,9 +108,9 @@ export async function runAb (opts: AbOptions, thisDist: string): Promise<AbRow[]
           }
         }
         const [o1, o2] = orders as [NonNullable<AbRow['orders']>[number], NonNullable<AbRow['orders']>[number]]
-        out.push({ row: row.name, status: 'ok', rps: geo(o1.rps, o2.rps), cpu: geo(o1.cpu, o2.cpu), orders, cpuUs: { a: median(cpuA) ?? NaN, b: median(cpuB) ?? NaN }, rssPeakMb: rss })
+        out.push({ row: spec, status: 'ok', rps: geo(o1.rps, o2.rps), cpu: geo(o1.cpu, o2.cpu), orders, cpuUs: { a: median(cpuA) ?? NaN, b: median(cpuB) ?? NaN }, rssPeakMb: rss })
       } catch (err) {
-        out.push({ row: row.name, status: 'n/a', reason: (err as Error).message })
+        out.push({ row: spec, status: 'n/a', reason: (err as Error).message })
       }
     }
   } finally {

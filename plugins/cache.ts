@@ -35,7 +35,7 @@ import { invalidates, parseInvalidation, purgeCache, type Invalidation, type Pur
 import { GW_ERR_CACHE_ONLY_IF_CACHED, GW_ERR_STORE_UNAVAILABLE } from '../src/errors.js'
 import { addVary, type GatewayCompression } from './compress.js'
 import { addRouteHook } from '../src/route-hooks.js'
-import { directWritable, markOnSend, writeDirect } from '../src/direct-reply.js'
+import { directWritable, markOnSend } from '../src/direct-reply.js'
 
 export type CacheOutcome = 'HIT' | 'MISS' | 'STALE' | 'BYPASS'
 
@@ -345,9 +345,8 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
    * store hook does nothing for a served entry, compression was decided above): src/direct-reply.ts.
    */
   function sendStored (request: FastifyRequest, reply: FastifyReply, e: CacheEntry): FastifyReply {
-    if (e.status !== 204 && e.status !== 304 && request.method !== 'HEAD' && directWritable(request, reply, CACHE_STORE_ROLE)) {
-      writeDirect(reply, e.status, e.body, app.gwShuttingDown)
-      ;(app.gwProxy.stats as { directWrites: number }).directWrites++
+    if (directWritable(request, reply, e.status, CACHE_STORE_ROLE)) {
+      app.gwProxy.writeDirect(reply, e.status, e.body)
       return reply
     }
     return reply.send(e.body)

@@ -44,8 +44,13 @@ import { GW_ERR_BAD_PATH, GW_ERR_BAD_REQUEST, GW_ERR_BODY_TOO_LARGE } from '../s
 export interface GatewayProxy {
   handlerFor (policy: RoutePolicy): RouteHandlerMethod
   readonly upstreams: ReadonlyMap<string, UpstreamPool>
-  /** answers written straight to the socket (src/direct-reply.ts) rather than through Fastify's onSend */
-  readonly stats: { directWrites: number }
+  /**
+   * Writes a whole answer straight to the socket (src/direct-reply.ts), with `Connection: close` while the
+   * gateway drains, and counts it; only after `directWritable()` said yes. The cache's hits use it too.
+   */
+  writeDirect (reply: FastifyReply, status: number, body: Buffer): void
+  /** answers written straight to the socket rather than through Fastify's onSend */
+  readonly stats: { readonly directWrites: number }
 }
 
 declare module 'fastify' {
@@ -108,6 +113,10 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
   app.addHook('onClose', async function closeUpstreams () { await Promise.all([...upstreams.values()].map((u) => u.close())) })
   const trust = config.trustProxy !== false
   const stats = { directWrites: 0 }
+  function sendDirect (reply: FastifyReply, status: number, body: Buffer): void {
+    writeDirect(reply, status, body, app.gwShuttingDown)
+    stats.directWrites++
+  }
 
   function handlerFor (policy: RoutePolicy): RouteHandlerMethod {
     // decorated by gw-compress, which may load after this plugin; handlers are made once every plugin is in
@@ -236,12 +245,11 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
         // HEAD keeps the upstream's Content-Length (RFC 9110 §9.3.2); a buffered body gets Fastify's own
         copyHeaders(reply, h, head)
         if (head) return reply.send()
-        if (status !== 204 && status !== 304 && directWritable(request, reply)) {
+        if (directWritable(request, reply, status)) {
           const coding = gz === undefined ? 'untouched' : gz.decide(request, reply, buf.length)
           if (coding === 'untouched' || coding === 'vary') {
             if (coding === 'vary') gz?.varyOnEncoding(reply)
-            writeDirect(reply, status, buf, app.gwShuttingDown)
-            stats.directWrites++
+            sendDirect(reply, status, buf)
             return reply
           }
         }
@@ -250,7 +258,7 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
     }
   }
 
-  app.decorate('gwProxy', { handlerFor, upstreams, stats })
+  app.decorate('gwProxy', { handlerFor, upstreams, writeDirect: sendDirect, stats })
 }
 
 export default fp(gwProxy, { name: 'gw-proxy', fastify: '5.x', dependencies: ['gw-problem', 'gw-trace'] })

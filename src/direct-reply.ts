@@ -64,11 +64,12 @@ function otherOnSendHooks (context: Context): ReadonlyArray<string | null> {
 }
 
 /**
- * Whether this reply may be written directly: HTTP/1, no trailers, and no onSend hook on its route other than
- * replicated ones and one of the role `also` (a hook the caller knows to be a no-op for this reply).
+ * Whether an answer of `status` may be written directly: HTTP/1, not HEAD, a status that carries a body (not
+ * 204 or 304), no trailers, and no onSend hook on its route other than replicated ones and one of the role
+ * `also` (a hook the caller knows to be a no-op for this reply).
  */
-export function directWritable (request: FastifyRequest, reply: FastifyReply, also?: string): boolean {
-  if (symbols === null || request.raw.httpVersionMajor !== 1) return false
+export function directWritable (request: FastifyRequest, reply: FastifyReply, status: number, also?: string): boolean {
+  if (symbols === null || request.raw.httpVersionMajor !== 1 || request.method === 'HEAD' || status === 204 || status === 304) return false
   const r = reply as unknown as Internals
   if (r[symbols.kReplyTrailers] !== null) return false
   const context = r[symbols.kRouteContext] as Context | undefined
@@ -78,7 +79,7 @@ export function directWritable (request: FastifyRequest, reply: FastifyReply, al
 }
 
 /** The headers set on the reply so far (lower-case names); writing to it is `reply.header()` without the checks. */
-export function replyHeaders (reply: FastifyReply): Headers {
+function replyHeaders (reply: FastifyReply): Headers {
   return (reply as unknown as Internals)[(symbols as Symbols).kReplyHeaders] as Headers
 }
 
