@@ -52,7 +52,9 @@ export function runPrimary (opts: ClusterOptions = {}): Primary {
   const env = opts.env ?? process.env
   const config = loadConfig(env)
   const size = config.workers === 0 ? availableParallelism() : config.workers
-  const log = pino({ level: config.logLevel, base: { pid: process.pid, role: 'primary' } })
+  // written synchronously: the primary logs rarely, and a line such as 'worker stopped' must be out before the
+  // primary signals the next worker, whose lines share the same stdout
+  const log = pino({ level: config.logLevel, base: { pid: process.pid, role: 'primary' } }, pino.destination({ dest: 1, sync: true }))
   if (size > 1 && config.redisUrl === null) {
     log.warn({ workers: size }, 'WORKERS > 1 without REDIS_URL: each worker keeps its own rate limits, cache and API-key revocations; set REDIS_URL to share them')
   }

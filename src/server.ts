@@ -47,6 +47,22 @@ function flushQuietly (stream: unknown): void {
   try { s?.flushSync?.() } catch { /* not open yet, or already closed: nothing is buffered */ }
 }
 
+/**
+ * Every buffered line written, in order, before the process goes on to exit. flushSync alone is not enough: while
+ * an asynchronous write is in flight (or waiting to retry on a full pipe) it writes the later lines first, and an
+ * exit right after loses the one in flight. flush(cb) waits for it; a pipe that stays full falls back to flushSync.
+ */
+async function drainLogs (stream: unknown, timeoutMs = 2000): Promise<void> {
+  const s = stream as { flush?: (cb: (err?: Error) => void) => void } | undefined
+  if (typeof s?.flush !== 'function') return
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(() => { flushQuietly(stream); resolve() }, timeoutMs)
+    try {
+      s.flush?.(() => { clearTimeout(timer); resolve() })
+    } catch { clearTimeout(timer); resolve() }
+  })
+}
+
 function urlOf (host: string, port: number, scheme = 'http'): string {
   const h = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host
   return `${scheme}://${h}:${port}`
@@ -124,7 +140,7 @@ export async function start (env: Record<string, string | undefined> = process.e
         clearInterval(reap)
       }
       app.log.info('shut down')
-      flushQuietly(logStream)
+      await drainLogs(logStream)
     })()
     return await stopping
   }
