@@ -4,17 +4,17 @@
  * requests finish (up to SHUTDOWN_TIMEOUT), then Redis is closed. The only file that reads process.env
  * (src/cluster.ts, the multi-process entry point, reads it for the primary).
  *
- * Logs go to stdout through a buffered pino destination (written in 4 KiB batches, at least every second, and
- * flushed on shutdown and on a crash): one write per line cost 10-25% of throughput (../shared/PERFORMANCE.md).
+ * Logs go to stdout in batches (src/log-destination.ts: 4 KiB at a time, at least every second, and flushed on
+ * shutdown and on a crash): one write per line cost 10-25% of throughput (../shared/PERFORMANCE.md).
  * With METRICS_PORT, a second plain listener serves GET /metrics (in a cluster the primary serves it instead).
  */
 import cluster from 'node:cluster'
 import { createServer, type Server } from 'node:http'
 import { pathToFileURL } from 'node:url'
 import type { FastifyInstance } from 'fastify'
-import pino from 'pino'
 import { buildApp } from './app.js'
 import { loadConfig, type GatewayConfig } from './config.js'
+import { LogDestination } from './log-destination.js'
 
 export interface Running {
   app: FastifyInstance
@@ -33,34 +33,21 @@ export interface StartOptions {
 }
 
 /**
- * stdout in ~4 KiB batches, written asynchronously, flushed at least every second and on exit. Cluster workers
+ * stdout in ~4 KiB batches, written at least every second and on exit (src/log-destination.ts). Cluster workers
  * share one stdout pipe, where only writes up to PIPE_BUF (4096 bytes on Linux) are atomic: their batches stay
- * around 2 KiB so that one batch never splits another worker's line.
+ * within 4096 bytes, cut at line ends, so that one batch never splits another worker's line.
  */
-function bufferedStdout (): ReturnType<typeof pino.destination> {
-  const minLength = cluster.isWorker ? 2048 : 4096
-  return pino.destination({ dest: 1, minLength, sync: false, periodicFlush: 1000 } as Parameters<typeof pino.destination>[0])
+function bufferedStdout (): LogDestination {
+  const out = cluster.isWorker
+    ? new LogDestination(1, { minLength: 2048, maxWrite: 4096 })
+    : new LogDestination(1, { minLength: 4096 })
+  process.once('exit', () => { out.flushSync() })
+  return out
 }
 
 function flushQuietly (stream: unknown): void {
   const s = stream as { flushSync?: () => void } | undefined
   try { s?.flushSync?.() } catch { /* not open yet, or already closed: nothing is buffered */ }
-}
-
-/**
- * Every buffered line written, in order, before the process goes on to exit. flushSync alone is not enough: while
- * an asynchronous write is in flight (or waiting to retry on a full pipe) it writes the later lines first, and an
- * exit right after loses the one in flight. flush(cb) waits for it; a pipe that stays full falls back to flushSync.
- */
-async function drainLogs (stream: unknown, timeoutMs = 2000): Promise<void> {
-  const s = stream as { flush?: (cb: (err?: Error) => void) => void } | undefined
-  if (typeof s?.flush !== 'function') return
-  await new Promise<void>((resolve) => {
-    const timer = setTimeout(() => { flushQuietly(stream); resolve() }, timeoutMs)
-    try {
-      s.flush?.(() => { clearTimeout(timer); resolve() })
-    } catch { clearTimeout(timer); resolve() }
-  })
 }
 
 function urlOf (host: string, port: number, scheme = 'http'): string {
@@ -140,7 +127,7 @@ export async function start (env: Record<string, string | undefined> = process.e
         clearInterval(reap)
       }
       app.log.info('shut down')
-      await drainLogs(logStream)
+      flushQuietly(logStream)
     })()
     return await stopping
   }

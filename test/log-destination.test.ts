@@ -1,0 +1,122 @@
+/**
+ * The log destination (src/log-destination.ts): batches in order, written at least every flushEveryMs; a stalled
+ * reader costs the gateway at most blockMs once, and what was lost is counted and reported; two processes on one
+ * pipe (cluster workers) never split each other's lines.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { LogDestination } from '../src/log-destination.js'
+import { until } from './helpers/wait.js'
+
+const MODULE = fileURLToPath(new URL('../src/log-destination.js', import.meta.url))
+
+function tempDir (t: { after: (fn: () => void) => void }): string {
+  const dir = mkdtempSync(join(tmpdir(), 'gw-log-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+const line = (i: number, pad = 0): string => JSON.stringify({ i, pad: 'x'.repeat(pad) }) + '\n'
+
+test('lines wait for a batch and go out in order: at minLength, at least every flushEveryMs, and on flushSync', async (t) => {
+  const file = join(tempDir(t), 'out.log')
+  const fd = openSync(file, 'w')
+  const dest = new LogDestination(fd, { minLength: 200, flushEveryMs: 100 })
+  t.after(() => { dest.end(); closeSync(fd) })
+  const size = (): number => statSync(file).size
+
+  dest.write(line(0))
+  dest.write(line(1))
+  assert.equal(size(), 0, 'two short lines wait')
+  for (let i = 2; i < 12; i++) dest.write(line(i))
+  assert.ok(size() > 0, 'past minLength the batch is written')
+  dest.write(line(12))
+  assert.ok(await until(async () => readFileSync(file, 'utf8').endsWith(line(12)), 3000), 'the timer writes what waits')
+  dest.write(line(13))
+  dest.flushSync()
+  const got = readFileSync(file, 'utf8').split('\n').filter((l) => l !== '').map((l) => (JSON.parse(l) as { i: number }).i)
+  assert.deepEqual(got, Array.from({ length: 14 }, (_, i) => i))
+})
+
+test('a stalled reader: one wait of blockMs, then lines are dropped without waiting, counted, and reported once it reads again', async (t) => {
+  const dir = tempDir(t)
+  const out = join(dir, 'read.log')
+  // a reader that does not read stdin until SIGUSR2
+  const reader = spawn(process.execPath, ['-e', `
+    const fs = require('node:fs')
+    process.on('SIGUSR2', () => { process.stdin.pipe(fs.createWriteStream(${JSON.stringify(out)})).on('finish', () => process.exit(0)) })
+    process.stdout.write('ready\\n')
+    setTimeout(() => {}, 60000)
+  `], { stdio: ['pipe', 'pipe', 'inherit'] })
+  t.after(() => { reader.kill('SIGKILL') })
+  await new Promise<void>((resolve) => { reader.stdout.once('data', () => { resolve() }) })
+  // the pipe's write end, non-blocking as libuv made it
+  const fd = (reader.stdin as unknown as { _handle: { fd: number } })._handle.fd
+  const dest = new LogDestination(fd, { minLength: 1, flushEveryMs: 0, blockMs: 300 })
+
+  const total = 1000
+  const started = Date.now()
+  for (let i = 0; i < total; i++) dest.write(line(i, 500))
+  const took = Date.now() - started
+  assert.ok(dest.dropped > 0, 'the pipe filled up and lines were dropped')
+  // 1000 batches each waiting 300 ms would take 5 minutes: only the first one waits
+  assert.ok(took < 20_000, `writing did not wait batch after batch (${took} ms)`)
+  const dropped = dest.dropped
+
+  reader.kill('SIGUSR2')
+  assert.ok(await until(async () => { try { return statSync(out).size > 0 } catch { return false } }, 10_000), 'the reader reads again')
+  dest.write(line(total))
+  dest.flushSync()
+  assert.equal(dest.dropped, dropped, 'the batch after the stall went through')
+  reader.stdin.end()
+  await new Promise((resolve) => reader.once('exit', resolve))
+
+  const lines = readFileSync(out, 'utf8').split('\n').filter((l) => l !== '')
+  const parsed = lines.map((l) => { try { return JSON.parse(l) as { i?: number, dropped?: number, msg?: string } } catch { return null } })
+  assert.ok(parsed.filter((p) => p === null).length <= 1, 'at most the one line cut when the pipe filled is not whole')
+  const warnings = parsed.filter((p) => p?.msg?.startsWith('log lines dropped') === true)
+  assert.equal(warnings.length, 1)
+  assert.equal(warnings[0]?.dropped, dropped)
+  const ids = parsed.filter((p) => typeof p?.i === 'number').map((p) => p?.i as number)
+  assert.equal(ids.length + dropped, total + 1, 'every line was either written whole or counted as dropped')
+  assert.deepEqual(ids, [...ids].sort((a, b) => a - b), 'in order')
+  assert.equal(ids.at(-1), total)
+})
+
+test('two processes on one pipe, like cluster workers: batches up to 4096 bytes never split each other\'s lines', async (t) => {
+  const script = (who: string): string => `
+    import { LogDestination } from ${JSON.stringify(MODULE)}
+    const dest = new LogDestination(1, { minLength: 2048, maxWrite: 4096, flushEveryMs: 0 })
+    for (let i = 0; i < 3000; i++) dest.write(JSON.stringify({ who: ${JSON.stringify(who)}, i, pad: 'y'.repeat((i * 379) % 1400) }) + '\\n')
+    dest.end()
+  `
+  const both = spawn('sh', ['-c', `"${process.execPath}" --input-type=module -e "$A" & "${process.execPath}" --input-type=module -e "$B"; wait`], {
+    env: { ...process.env, A: script('a'), B: script('b') },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  t.after(() => { both.kill('SIGKILL') })
+  // a slow reader, so that the pipe fills and the writers contend for it
+  let text = ''
+  both.stdout.setEncoding('utf8')
+  both.stdout.on('data', (c: string) => {
+    text += c
+    both.stdout.pause()
+    setTimeout(() => both.stdout.resume(), 2)
+  })
+  const code = await new Promise((resolve) => both.once('close', resolve))
+  assert.equal(code, 0)
+  const lines = text.split('\n').filter((l) => l !== '')
+  const seen: Record<string, number[]> = { a: [], b: [] }
+  for (const l of lines) {
+    const p = JSON.parse(l) as { who: string, i: number }
+    seen[p.who]?.push(p.i)
+  }
+  assert.equal(lines.length, 6000)
+  assert.deepEqual(seen.a, Array.from({ length: 3000 }, (_, i) => i))
+  assert.deepEqual(seen.b, Array.from({ length: 3000 }, (_, i) => i))
+})
