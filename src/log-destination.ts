@@ -45,6 +45,7 @@ export class LogDestination {
   #chars = 0
   #reportedDropped = 0
   #midLine = false
+  readonly #scratch = Buffer.allocUnsafeSlow(64 * 1024)
   /** the last batch was dropped: do not wait for the pipe again until one goes through */
   #stalled = false
 
@@ -77,7 +78,10 @@ export class LogDestination {
       prefix += `{"level":40,"time":${Date.now()},"pid":${process.pid},"hostname":${JSON.stringify(hostname())},"dropped":${this.dropped - this.#reportedDropped},"msg":"log lines dropped: stdout was not read for ${this.#blockMs} ms"}\n`
     }
     if (prefix !== '') parts.unshift(prefix)
-    const buf = Buffer.from(parts.length === 1 ? parts[0] as string : parts.join(''))
+    const text = parts.length === 1 ? parts[0] as string : parts.join('')
+    // into the one scratch buffer when it surely fits (3 bytes per UTF-16 unit at most): a new 4 KiB Buffer per
+    // batch is an ArrayBuffer outside the heap each time, and that external memory drove extra major GCs
+    const buf = text.length * 3 <= this.#scratch.length ? this.#scratch.subarray(0, this.#scratch.write(text, 0)) : Buffer.from(text)
     const stoppedAt = this.#writeAll(buf)
     if (stoppedAt < 0) { this.#reportedDropped = this.dropped; this.#stalled = false; this.#midLine = false; return }
     if (stoppedAt === 0) this.#midLine = midLine
