@@ -20,7 +20,7 @@
 import fp from 'fastify-plugin'
 import { hash } from 'node:crypto'
 import { Type } from '@sinclair/typebox'
-import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions, preHandlerAsyncHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteOptions, preHandlerHookHandler } from 'fastify'
 import type { GatewayConfig } from '../src/config.js'
 import type { Declarations, PlanPolicy, RoutePolicy } from '../src/policy.js'
 import { GW_ERR_BAD_REQUEST, GW_ERR_QUOTA_EXCEEDED, GW_ERR_RATE_LIMITED, GW_ERR_STORE_UNAVAILABLE } from '../src/errors.js'
@@ -207,11 +207,38 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
     }
   }
 
-  function hookFor (rl: RouteLimiter): preHandlerAsyncHookHandler {
+  /** what a decision means for the reply: done() to go on, or the refusal sent (and done not called) */
+  function apply (request: FastifyRequest, reply: FastifyReply, limit: Limit, r: Decision | null | typeof UNAVAILABLE, done: HookHandlerDoneFunction): void {
+    if (r === null) { done(); return }
+    if (r === UNAVAILABLE) {
+      reply.header('retry-after', '1')
+      const err = new GW_ERR_STORE_UNAVAILABLE()
+      sendProblem(request, reply, 503, err.code, err.message)
+      return
+    }
+    if (ietf || xHeaders) setHeaders(reply, limit, r)
+    if (r.allowed) { stats.allowed++; done(); return }
+    const retryAfter = Math.max(1, Math.ceil(r.retryAfterMs / 1000))
+    reply.header('retry-after', String(retryAfter))
+    const q = limit.quota
+    if (r.limitedBy === 'quota' && q !== null) {
+      stats.quotaExceeded++
+      const err = new GW_ERR_QUOTA_EXCEEDED(q.max, limit.quotaPer, retryAfter)
+      sendProblem(request, reply, 429, err.code, err.message)
+      return
+    }
+    stats.limited++
+    const err = new GW_ERR_RATE_LIMITED(r.local === true ? limit.localMax : limit.max, limit.per, retryAfter)
+    sendProblem(request, reply, 429, err.code, err.message)
+  }
+
+  // a callback hook and one promise per check (the batcher's): an async hook over an async limiter cost two more
+  // promises and their microtasks per request
+  function hookFor (rl: RouteLimiter): preHandlerHookHandler {
     const { tag, cost, base, plans: byPlan } = rl
     const subjectFor = rl.subject
     const keySuffix = '}:' + tag
-    return async function rateLimit (request, reply) {
+    return function rateLimit (request, reply, done) {
       let limit = base
       const plan = request.client?.plan ?? null
       if (plan !== null && byPlan.size > 0) {
@@ -219,7 +246,7 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
         if (l !== undefined) limit = l
         else unknownPlan(request, plan)
       }
-      if (limit === null) return
+      if (limit === null) { done(); return }
       const subject = subjectFor(request)
       const q = limit.quota
       const check: RateLimitCheck = {
@@ -230,29 +257,14 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
         burst: limit.burst,
         quota: q === null ? null : { key: q.perRoute ? 'q:{' + subject + keySuffix : 'q:{' + subject + '}', max: q.max, periodMs: q.periodMs },
       }
-      const r = await limiter.check(check, limit.localMax, limit.localBurst)
-      if (r === null) return
-      if (r === UNAVAILABLE) {
-        reply.header('retry-after', '1')
-        const err = new GW_ERR_STORE_UNAVAILABLE()
-        return sendProblem(request, reply, 503, err.code, err.message)
-      }
-      if (ietf || xHeaders) setHeaders(reply, limit, r)
-      if (r.allowed) { stats.allowed++; return }
-      const retryAfter = Math.max(1, Math.ceil(r.retryAfterMs / 1000))
-      reply.header('retry-after', String(retryAfter))
-      if (r.limitedBy === 'quota' && q !== null) {
-        stats.quotaExceeded++
-        const err = new GW_ERR_QUOTA_EXCEEDED(q.max, limit.quotaPer, retryAfter)
-        return sendProblem(request, reply, 429, err.code, err.message)
-      }
-      stats.limited++
-      const err = new GW_ERR_RATE_LIMITED(r.local === true ? limit.localMax : limit.max, limit.per, retryAfter)
-      return sendProblem(request, reply, 429, err.code, err.message)
+      const decided = limit
+      limiter.check(check, limit.localMax, limit.localBurst).then((r) => {
+        try { apply(request, reply, decided, r, done) } catch (err) { done(err as Error) }
+      }, done)
     }
   }
 
-  const hooks = new Map<RoutePolicy, preHandlerAsyncHookHandler>()
+  const hooks = new Map<RoutePolicy, preHandlerHookHandler>()
   app.addHook('onRoute', function attachRateLimit (route: RouteOptions) {
     const policy = route.config?.gw
     if (policy === undefined || policy.rateLimitOff === true) return

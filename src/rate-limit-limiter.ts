@@ -90,14 +90,19 @@ export class GuardedLimiter {
    * The decision for `check`, made in the store or by the fallback. null = pass unchecked (fail-open);
    * UNAVAILABLE = refuse (fail-closed). localMax/localBurst: the limit the in-process fallback applies.
    */
-  async check (check: RateLimitCheck, localMax: number, localBurst: number): Promise<Decision | null | typeof UNAVAILABLE> {
+  check (check: RateLimitCheck, localMax: number, localBurst: number): Promise<Decision | null | typeof UNAVAILABLE> {
+    // the hot path: the store's own promise and one reaction, no async frame
     if (this.stats.mode === 'shared') {
-      try {
-        return await this.#store.rateLimit(check)
-      } catch (err) {
+      return this.#store.rateLimit(check).then(undefined, async (err: unknown) => {
         this.#failed(err)
-      }
-    } else if (!this.#probing && this.#store.state === 'ready' && Date.now() >= this.#nextProbeAt) {
+        return await this.#fallback(check, localMax, localBurst)
+      })
+    }
+    return this.#degraded(check, localMax, localBurst)
+  }
+
+  async #degraded (check: RateLimitCheck, localMax: number, localBurst: number): Promise<Decision | null | typeof UNAVAILABLE> {
+    if (!this.#probing && this.#store.state === 'ready' && Date.now() >= this.#nextProbeAt) {
       this.#probing = true
       try {
         const r = await this.#store.rateLimit(check)

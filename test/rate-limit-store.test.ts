@@ -111,6 +111,30 @@ function cases (name: string, make: () => Promise<Store>): void {
       assert.equal((await store.rateLimit({ key: k, max, windowMs: w, cost: 1 })).allowed, true)
     })
 
+    test('one turn, several keys and a shared quota interleaved: each check sees the ones before it, and the state is kept', async () => {
+      const a = key()
+      const b = key()
+      const tag = a.slice(a.indexOf('{'), a.indexOf('}') + 1)
+      const q = { key: `q:${tag}:mix`, max: 5, periodMs: DAY }
+      const checks = Array.from({ length: 8 }, (_, i) => i % 2 === 0
+        ? { key: a, max: 100, windowMs: 60_000, cost: 1, quota: q }
+        : { key: b, max: 3, windowMs: 60_000, cost: 1, quota: q })
+      const all = await Promise.all(checks.map(async (c) => await store.rateLimit(c)))
+      assert.deepEqual(all.map(brief), [
+        'ok rem=99 q=4', 'ok rem=2 q=3', 'ok rem=98 q=2', 'ok rem=1 q=1', 'ok rem=97 q=0',
+        'no rem=1 by=quota q=0', 'no rem=97 by=quota q=0', 'no rem=1 by=quota q=0',
+      ])
+      // what the turn left behind is what the next turn sees: the quota is used up, b has 1 left
+      assert.equal(brief(await store.rateLimit({ key: b, max: 3, windowMs: 60_000, cost: 1 })), 'ok rem=0')
+      assert.equal(brief(await store.rateLimit({ key: b, max: 3, windowMs: 60_000, cost: 1 })), 'no rem=0 by=rate')
+      assert.equal((await store.rateLimit({ key: a, max: 100, windowMs: 60_000, cost: 1, quota: q })).limitedBy, 'quota')
+      for (const k of [a, b]) {
+        const ttl = await store.pttl(k)
+        assert.ok(ttl > 0 && ttl <= 120_000, `${k}: pttl ${ttl}`)
+      }
+      assert.ok(await store.pttl(q.key) > 0)
+    })
+
     test('keys are independent', async () => {
       const a = key()
       const b = key()

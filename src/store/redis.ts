@@ -18,29 +18,43 @@ return 0`
 
 // The same arithmetic as decideRateLimit() in types.ts, for a batch of checks (see src/rate-limit-batcher.ts), each
 // decided in turn so two checks of one key in a batch see each other. Redis's clock, so replicas agree on windows.
-// KEYS: per check, its window key and its quota key (the window key again when it has none). ARGV: per check,
-// windowMs, max, cost, burst, quota max (0 = none), quota period. Returns 7 integers per check: allowed,
-// remaining, resetMs, retryAfterMs, limitedBy (0 none, 1 rate, 2 quota), quotaRemaining, quotaResetMs.
+// KEYS: the batch's distinct keys. ARGV[1]: 8 comma-separated numbers per check: its window key's and its quota
+// key's index in KEYS (the window key's again when it has no quota), windowMs, max, cost, burst, quota max
+// (0 = none), quota period. One packed argument rather than 8 per check: ioredis spent about 1.5 µs per check
+// turning a batch's arguments into a command. A key's state is read once per batch, kept here while the batch's
+// checks are decided, and written once at the end. Returns 7 integers per check: allowed, remaining, resetMs,
+// retryAfterMs, limitedBy (0 none, 1 rate, 2 quota), quotaRemaining, quotaResetMs.
 const RATE_LIMIT = `local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = {}
+for x in string.gmatch(ARGV[1], '[^,]+') do v[#v + 1] = tonumber(x) end
 local out = {}
-for i = 1, #KEYS / 2 do
-  local a = (i - 1) * 6
-  local w = tonumber(ARGV[a + 1]); local max = tonumber(ARGV[a + 2]); local cost = tonumber(ARGV[a + 3])
-  local burst = tonumber(ARGV[a + 4]); local qmax = tonumber(ARGV[a + 5]); local qper = tonumber(ARGV[a + 6])
-  local key = KEYS[2 * i - 1]; local qkey = KEYS[2 * i]
+local rs = {}
+local qs = {}
+for a = 0, #v - 8, 8 do
+  local ki = v[a + 1]; local qi = v[a + 2]
+  local w = v[a + 3]; local max = v[a + 4]; local cost = v[a + 5]
+  local burst = v[a + 6]; local qmax = v[a + 7]; local qper = v[a + 8]
   local ok = true; local rate = true; local quotaOk = true
   local remaining = -1; local remainingIfAllowed = -1; local reset = 0; local retry = 0
   local s, c, p, tat, nt = now, 0, 0, 0, 0
+  local st = nil
   if w > 0 then
-    local st = redis.call('HMGET', key, 's', 'c', 'p', 't')
-    if st[1] then
-      s = tonumber(st[1]); c = tonumber(st[2]) or 0; p = tonumber(st[3]) or 0; tat = tonumber(st[4]) or 0
-      if now >= s + w then
-        local n = math.floor((now - s) / w)
-        if n == 1 then p = c else p = 0 end
-        c = 0; s = s + n * w
+    st = rs[ki]
+    if st == nil then
+      local h = redis.call('HMGET', KEYS[ki], 's', 'c', 'p', 't')
+      if h[1] then
+        st = { tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0, tonumber(h[4]) or 0, false, w }
+      else
+        st = { now, 0, 0, 0, false, w }
       end
+      rs[ki] = st
+    end
+    s = st[1]; c = st[2]; p = st[3]; tat = st[4]
+    if now >= s + w then
+      local n = math.floor((now - s) / w)
+      if n == 1 then p = c else p = 0 end
+      c = 0; s = s + n * w
     end
     local into = now - s
     reset = w - into
@@ -73,10 +87,16 @@ for i = 1, #KEYS / 2 do
     ok = rate
   end
   local qrem = -1; local qremIfAllowed = -1; local qreset = 0; local qw = 0; local qc = 0
+  local qt = nil
   if qmax > 0 then
     qw = math.floor(now / qper)
-    local qs = redis.call('HMGET', qkey, 'w', 'c')
-    if tonumber(qs[1]) == qw then qc = tonumber(qs[2]) or 0 end
+    qt = qs[qi]
+    if qt == nil then
+      local h = redis.call('HMGET', KEYS[qi], 'w', 'c')
+      qt = { tonumber(h[1]), tonumber(h[2]) or 0, false, qper }
+      qs[qi] = qt
+    end
+    if qt[1] == qw then qc = qt[2] end
     qreset = (qw + 1) * qper - now
     qrem = math.max(0, qmax - qc)
     qremIfAllowed = qmax - qc - cost
@@ -87,13 +107,11 @@ for i = 1, #KEYS / 2 do
   end
   local by = 0
   if ok then
-    if w > 0 then
-      redis.call('HSET', key, 's', s, 'c', c + cost, 'p', p, 't', nt)
-      redis.call('PEXPIRE', key, w * 2)
+    if st ~= nil then
+      st[1] = s; st[2] = c + cost; st[3] = p; st[4] = nt; st[5] = true; st[6] = w
     end
-    if qmax > 0 then
-      redis.call('HSET', qkey, 'w', qw, 'c', qc + cost)
-      redis.call('PEXPIREAT', qkey, (qw + 1) * qper)
+    if qt ~= nil then
+      qt[1] = qw; qt[2] = qc + cost; qt[3] = true; qt[4] = qper
     end
     out[#out + 1] = 1; out[#out + 1] = remainingIfAllowed; out[#out + 1] = reset; out[#out + 1] = 0
     out[#out + 1] = 0; out[#out + 1] = qremIfAllowed; out[#out + 1] = qreset
@@ -103,12 +121,24 @@ for i = 1, #KEYS / 2 do
     out[#out + 1] = by; out[#out + 1] = qrem; out[#out + 1] = qreset
   end
 end
+for ki, st in pairs(rs) do
+  if st[5] then
+    redis.call('HSET', KEYS[ki], 's', st[1], 'c', st[2], 'p', st[3], 't', st[4])
+    redis.call('PEXPIRE', KEYS[ki], st[6] * 2)
+  end
+end
+for qi, qt in pairs(qs) do
+  if qt[3] then
+    redis.call('HSET', KEYS[qi], 'w', qt[1], 'c', qt[2])
+    redis.call('PEXPIREAT', KEYS[qi], (qt[1] + 1) * qt[4])
+  end
+end
 return out`
 
 interface GwRedis extends Redis {
   gwIncr (key: string, by: number, ttlMs: number): Promise<number>
   gwDelIfEquals (key: string, value: string): Promise<number>
-  gwRateLimit (numKeys: number, ...keysThenArgs: Array<string | number>): Promise<number[]>
+  gwRateLimit (numKeys: number, ...keysThenPacked: string[]): Promise<number[]>
 }
 
 /** `p`, or a rejection after `ms` (the timer never keeps the process alive) */
@@ -314,13 +344,20 @@ export class RedisStore implements Store {
 
   private async rateLimitBatch (checks: RateLimitCheck[]): Promise<RateLimitResult[]> {
     const keys: string[] = []
-    const args: number[] = []
+    const index = new Map<string, number>()
+    const indexOf = (key: string): number => {
+      let i = index.get(key)
+      if (i === undefined) { i = keys.push(this.k(key)); index.set(key, i) }
+      return i
+    }
+    let packed = ''
     for (const c of checks) {
       const q = c.quota ?? null
-      keys.push(this.k(c.key), this.k(q === null ? c.key : q.key))
-      args.push(c.windowMs, c.max, c.cost, c.burst ?? c.max, q === null ? 0 : q.max, q === null ? 0 : q.periodMs)
+      const ki = indexOf(c.key)
+      packed += (packed === '' ? '' : ',') + ki + ',' + (q === null ? ki : indexOf(q.key)) + ',' + c.windowMs + ',' + c.max + ',' +
+        c.cost + ',' + (c.burst ?? c.max) + ',' + (q === null ? '0,0' : q.max + ',' + q.periodMs)
     }
-    const r = await (await this.rateLimitClient()).gwRateLimit(keys.length, ...keys, ...args)
+    const r = await (await this.rateLimitClient()).gwRateLimit(keys.length, ...keys, packed)
     const out: RateLimitResult[] = []
     for (let i = 0; i + 6 < r.length; i += 7) {
       const by = r[i + 4]
