@@ -3,7 +3,7 @@
  *
  * Only routes whose policy has `auth` get a hook (an onRequest hook added in onRoute); other routes pay nothing.
  * The hot path is synchronous and free of Redis: an API key is parsed (a malformed key never reaches the store),
- * found in a bounded in-process LRU, hashed (SHA-256) and compared with crypto.timingSafeEqual; a JWT is checked
+ * found in a bounded in-process LRU, hashed (SHA-256) and compared in constant time (sameDigest); a JWT is checked
  * by a fast-jwt verifier compiled at start (with its cache of verified tokens). The store is only read for a key
  * id not in the cache (one HGETALL, shared by concurrent requests; unknown ids are remembered briefly), and
  * "last used" times are written in batches. Revocations and rotations are published by whoever makes them
@@ -17,7 +17,7 @@
  * a valid key from a guess, and a 401 would tell a paying client its key is bad.
  */
 import fp from 'fastify-plugin'
-import { randomUUID, timingSafeEqual } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import { Type } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, onRequestHookHandler, RouteOptions } from 'fastify'
 import type { Client } from '../src/client.js'
@@ -30,7 +30,7 @@ import {
 } from '../src/errors.js'
 import { envValue, JwtAuthority, JwtRejected, jwtSettings, type JwtOutcome } from '../src/jwt.js'
 import {
-  expiryOf, hashKey, KEY_ID, KEY_PREFIX, keyIdOf, KeyRepository, KEYS_CHANNEL, parseChange, SCOPE, viewOf, type KeyRecord, type KeyStatus,
+  digestKey, digestOfHex, expiryOf, KEY_ID, KEY_PREFIX, keyIdOf, KeyRepository, KEYS_CHANNEL, parseChange, sameDigest, SCOPE, viewOf, type KeyRecord, type KeyStatus,
 } from '../src/keys.js'
 import type { Declarations, RoutePolicy } from '../src/policy.js'
 import type { Store } from '../src/store/types.js'
@@ -44,8 +44,9 @@ const REALM = 'api'
 
 interface CachedKey {
   readonly id: string
-  readonly hash: Buffer
-  readonly prevHash: Buffer | null
+  /** digestKey() form */
+  readonly hash: string
+  readonly prevHash: string | null
   readonly prevUntil: number
   readonly expiresAt: number
   readonly revoked: boolean
@@ -67,8 +68,8 @@ type KeyOutcome = Client | KeyFailure
 function toCached (r: KeyRecord, now: number): CachedKey {
   return {
     id: r.id,
-    hash: Buffer.from(r.hash, 'hex'),
-    prevHash: r.prevHash === '' ? null : Buffer.from(r.prevHash, 'hex'),
+    hash: digestOfHex(r.hash),
+    prevHash: r.prevHash === '' ? null : digestOfHex(r.prevHash),
     prevUntil: r.prevUntil,
     expiresAt: r.expiresAt,
     revoked: r.revokedAt !== 0,
@@ -149,8 +150,8 @@ class ApiKeyCache {
   }
 
   #check (e: CachedKey, key: string, now: number): KeyOutcome {
-    const h = hashKey(key)
-    const ok = timingSafeEqual(h, e.hash) || (e.prevHash !== null && now < e.prevUntil && timingSafeEqual(h, e.prevHash))
+    const h = digestKey(key)
+    const ok = sameDigest(h, e.hash) || (e.prevHash !== null && now < e.prevUntil && sameDigest(h, e.prevHash))
     // the secret is checked first: revoked or expired is only told to whoever holds the key
     if (!ok) return INVALID
     if (e.revoked) return REVOKED

@@ -63,10 +63,34 @@ export function keyIdOf (key: string): string | null {
   return KEY_FORMAT.test(key) ? key.slice(3, 3 + KEY_ID_LENGTH) : null
 }
 
-/** SHA-256 of the whole key, as stored; compared with crypto.timingSafeEqual by the plugin */
+/** SHA-256 of the whole key, as stored (hex) */
 export function hashKey (key: string): Buffer {
   // the one-shot crypto.hash (Node >= 20.12) costs about two thirds of createHash().update().digest()
   return hash('sha256', key, 'buffer')
+}
+
+/**
+ * SHA-256 of the whole key as a 32-character latin1 string, the form the request path compares: a digest as a
+ * Buffer is a new ArrayBuffer per request, and cost 850 ns against 390 ns for the string.
+ */
+export function digestKey (key: string): string {
+  return hash('sha256', key, 'binary')
+}
+
+/** The stored hex hash in digestKey()'s form. */
+export function digestOfHex (hex: string): string {
+  return Buffer.from(hex, 'hex').toString('latin1')
+}
+
+/**
+ * Whether two digests are equal, in constant time: every character is compared, with no early exit, so the time
+ * taken says nothing about where they differ (the length of a SHA-256 digest is no secret).
+ */
+export function sameDigest (a: string, b: string): boolean {
+  if (a.length !== b.length) return false
+  let diff = 0
+  for (let i = 0; i < a.length; i++) diff |= a.charCodeAt(i) ^ b.charCodeAt(i)
+  return diff === 0
 }
 
 export type KeyStatus = 'active' | 'expired' | 'revoked'
