@@ -30,7 +30,7 @@ import type { Store } from '../src/store/types.js'
 import { decodeStored, encodeEntry, encodeMarker, makeEntry, type CacheEntry, type Stored } from '../src/cache-entry.js'
 import { CACHEABLE_STATUS, ERROR_STATUS, NOT_MODIFIED_HEADERS, freshness, notModified, parseCacheControl, parseVary, weakEtag } from '../src/cache-http.js'
 import { digest, INVALIDATE_CHANNEL, lockKeyOf, splitUrl, TAG, tagKeyOf, urlKeyPrefix } from '../src/cache-key.js'
-import { L1Cache } from '../src/cache-l1.js'
+import { L1Cache, ownBuffer } from '../src/cache-l1.js'
 import { invalidates, parseInvalidation, purgeCache, type Invalidation, type PurgeSelector } from '../src/cache-purge.js'
 import { GW_ERR_CACHE_ONLY_IF_CACHED, GW_ERR_STORE_UNAVAILABLE } from '../src/errors.js'
 import { addVary, type GatewayCompression } from './compress.js'
@@ -297,8 +297,13 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
     return s?.kind === 'response' ? s : undefined
   }
 
+  /** what may go into L1 does not hold the socket read it came in (ownBuffer) */
+  function ownedForL1 (buf: Buffer | null): Buffer | null {
+    return buf === null || !l1.enabled ? buf : ownBuffer(buf)
+  }
+
   async function readKey (key: string, now: number): Promise<Stored | null> {
-    const buf = await store.get(key)
+    const buf = ownedForL1(await store.get(key))
     if (buf === null) return null
     const s = decodeStored(key, buf)
     if (s !== null) l1.set(s, now)
@@ -449,7 +454,7 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
       await new Promise((resolve) => setTimeout(resolve, Math.min(delay, left)))
       delay = Math.min(delay * 2, 100)
       // the lock first: a lock found gone means the entry, if any, was written before (set, then release)
-      const [ttl, buf] = await Promise.all([store.pttl(lockKey), store.get(st.key)])
+      const [ttl, buf] = await Promise.all([store.pttl(lockKey), store.get(st.key).then(ownedForL1)])
       const now = Date.now()
       if (buf !== null) {
         const s = decodeStored(st.key, buf)

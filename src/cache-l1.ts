@@ -16,6 +16,18 @@ interface Item {
 /** fixed cost of an item beyond its body and header bytes: the Map slot, the objects, the key */
 const OVERHEAD = 256
 
+/**
+ * `buf`, or a copy of it in an ArrayBuffer of its own size when it is a small view into a larger one. A value read
+ * from Redis is a view into the socket read it came in (up to 64 KiB, shared with other replies): an L1 entry that
+ * kept the view would hold the whole read for as long as it lives, unseen by L1's byte count.
+ */
+export function ownBuffer (buf: Buffer): Buffer {
+  if (buf.length * 2 >= buf.buffer.byteLength) return buf
+  const own = Buffer.allocUnsafeSlow(buf.length)
+  buf.copy(own)
+  return own
+}
+
 export class L1Cache {
   readonly #map = new Map<string, Item>()
   #bytes = 0
