@@ -15,6 +15,7 @@ import type { FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
 import { loadConfig, type GatewayConfig } from './config.js'
 import { LogDestination } from './log-destination.js'
+import { applyRuntimeV8Flags } from './node-flags.js'
 
 export interface Running {
   app: FastifyInstance
@@ -77,6 +78,7 @@ export async function serveMetrics (port: number, host: string, scrape: () => Pr
 }
 
 export async function start (env: Record<string, string | undefined> = process.env, opts: StartOptions = {}): Promise<Running> {
+  applyRuntimeV8Flags()
   const config = loadConfig(env)
   const logStream = opts.logStream ?? bufferedStdout()
   const app = await buildApp(config, { logStream })
