@@ -33,6 +33,9 @@ export interface StartOptions {
   logStream?: { write (line: string): unknown }
 }
 
+/** every destination start() made, written out on exit by one listener (start() may run more than once) */
+const stdoutDestinations = new Set<LogDestination>()
+
 /**
  * stdout in ~4 KiB batches, written at least every second and on exit (src/log-destination.ts). Cluster workers
  * share one stdout pipe, where only writes up to PIPE_BUF (4096 bytes on Linux) are atomic: their batches stay
@@ -42,7 +45,8 @@ function bufferedStdout (): LogDestination {
   const out = cluster.isWorker
     ? new LogDestination(1, { minLength: 2048, maxWrite: 4096 })
     : new LogDestination(1, { minLength: 4096 })
-  process.once('exit', () => { out.flushSync() })
+  if (stdoutDestinations.size === 0) process.once('exit', () => { for (const d of stdoutDestinations) flushQuietly(d) })
+  stdoutDestinations.add(out)
   return out
 }
 
