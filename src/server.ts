@@ -55,6 +55,22 @@ function flushQuietly (stream: unknown): void {
   try { s?.flushSync?.() } catch { /* not open yet, or already closed: nothing is buffered */ }
 }
 
+/**
+ * Every buffered line written, in order, before the process goes on to exit: flush(cb) waits for the batch in
+ * flight and writes the rest (flushSync would write the rest first and let the exit cut the one in flight). A
+ * stdout that is not read within `timeoutMs` gets what flushSync can do.
+ */
+async function drainLogs (stream: unknown, timeoutMs = 2000): Promise<void> {
+  const s = stream as { flush?: (cb: (err?: Error) => void) => void } | undefined
+  if (typeof s?.flush !== 'function') { flushQuietly(stream); return }
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(() => { flushQuietly(stream); resolve() }, timeoutMs)
+    try {
+      s.flush?.(() => { clearTimeout(timer); resolve() })
+    } catch { clearTimeout(timer); flushQuietly(stream); resolve() }
+  })
+}
+
 function urlOf (host: string, port: number, scheme = 'http'): string {
   const h = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host
   return `${scheme}://${h}:${port}`
@@ -133,7 +149,7 @@ export async function start (env: Record<string, string | undefined> = process.e
         clearInterval(reap)
       }
       app.log.info('shut down')
-      flushQuietly(logStream)
+      await drainLogs(logStream)
     })()
     return await stopping
   }
