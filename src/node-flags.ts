@@ -19,8 +19,9 @@ export const GATEWAY_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8']
  * --heap-growing-percent=100: after each full collection the old generation may grow to twice what survived, where
  * V8's own factor goes up to 4 for a small heap that it collects fast. On the rows that read cache entries from
  * Redis the old generation (and the socket-read Buffers that promoted replies keep alive until a full collection)
- * grew until the peak RSS reached 175-195 MB; with the fixed factor it stays near 130 MB, at no throughput cost
- * measured (bench --ab, cacheHitRedis 0.96x and full 1.03x, both within that run's ±5%) (bench/README.md).
+ * grew until the peak RSS reached 175-195 MB; with the factor at 2 it stays near 135 MB (at 3: 160 MB). The price
+ * is more full collections: cacheHitRedis 0.93x req/s, full unchanged (bench --ab, 8 slices per start order;
+ * bench/README.md). The issue's budget is 150 MB.
  */
 export const RUNTIME_V8_FLAGS: readonly string[] = ['--heap-growing-percent=100']
 
