@@ -64,9 +64,9 @@ export function keyIdOf (key: string): string | null {
 }
 
 /** SHA-256 of the whole key, as stored (hex) */
-export function hashKey (key: string): Buffer {
+export function hashKey (key: string): string {
   // the one-shot crypto.hash (Node >= 20.12) costs about two thirds of createHash().update().digest()
-  return hash('sha256', key, 'buffer')
+  return hash('sha256', key, 'hex')
 }
 
 /**
@@ -297,7 +297,7 @@ export class KeyRepository {
       metadata: input.metadata ?? {},
       createdAt: now,
       expiresAt: input.expiresAt ?? 0,
-      hash: hashKey(key).toString('hex'),
+      hash: hashKey(key),
       prevHash: '',
       prevUntil: 0,
       rotatedAt: 0,
@@ -333,7 +333,7 @@ export class KeyRepository {
     const key = `${KEY_PREFIX}${id}_${randomString(ALPHA62, SECRET_LENGTH)}`
     const next: KeyRecord = {
       ...r,
-      hash: hashKey(key).toString('hex'),
+      hash: hashKey(key),
       prevHash: graceMs > 0 ? r.hash : '',
       prevUntil: graceMs > 0 ? now + graceMs : 0,
       rotatedAt: now,

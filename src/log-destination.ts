@@ -81,7 +81,7 @@ export class LogDestination {
 
   /** what waits, written now; a batch in flight is left to the thread pool */
   flushSync (): void {
-    const buf = this.#take(true)
+    const buf = this.#take()
     if (buf === null) return
     let off = 0
     // a few tries: a full pipe is not waited for here either
@@ -97,7 +97,7 @@ export class LogDestination {
   }
 
   /** the waiting lines as one Buffer (with the warning about dropped ones first), or null when none wait */
-  #take (own: boolean): Buffer | null {
+  #take (): Buffer | null {
     const parts = this.#parts
     if (parts.length === 0) return null
     this.#parts = []
@@ -107,8 +107,8 @@ export class LogDestination {
       this.#reportedDropped = this.dropped
     }
     const text = parts.length === 1 ? parts[0] as string : parts.join('')
-    // the scratch buffer when it surely fits (3 bytes per UTF-16 unit at most) and is not in flight
-    if (!own && text.length * 3 <= SCRATCH) return this.#scratch.subarray(0, this.#scratch.write(text, 0))
+    // the scratch buffer when no batch is in flight and it surely fits (3 bytes per UTF-16 unit at most)
+    if (this.#batch === null && text.length * 3 <= SCRATCH) return this.#scratch.subarray(0, this.#scratch.write(text, 0))
     return Buffer.from(text)
   }
 
@@ -122,7 +122,7 @@ export class LogDestination {
   /** start writing the next batch, or report that all is out */
   #next (): void {
     if (this.#batch !== null) return
-    const buf = this.#take(false)
+    const buf = this.#take()
     if (buf === null) {
       const waiting = this.#drained
       this.#drained = []
