@@ -151,6 +151,17 @@ async function seedKeys (infra: Infra, count: number, log: (l: string) => void):
   return keys
 }
 
+/** One request with each key, 32 at a time: each must be accepted. */
+async function warmKeys (base: string, path: string, keys: readonly string[]): Promise<void> {
+  let next = 0
+  await Promise.all(Array.from({ length: 32 }, async () => {
+    for (let i = next++; i < keys.length; i = next++) {
+      const res = await httpRequest(base + path, { headers: { 'x-api-key': keys[i] as string } })
+      if (res.status !== 200) throw new Error(`warming the key cache: key ${i} answered ${res.status}`)
+    }
+  }))
+}
+
 async function expectKeyAuth (base: string, path: string, key: string): Promise<void> {
   const anon = await httpRequest(base + path)
   if (anon.status === 200) throw new NotAvailable(`API keys are not enforced: an anonymous GET ${path} answered 200 (no auth plugin in plugins/)`)
@@ -248,6 +259,13 @@ export async function runGrowth (opts: GrowthOptions): Promise<{ text: string, j
         await infra.redis.flush()
         const all = await seedKeys(infra, 100_000, opts.log)
         keyRows.push(await loadRow(infra, opts, '100,000 issued, requests over 10 of them', keysDir, cycleOver(all.slice(0, 10))))
+        keyRows.push(await loadRow(infra, opts, '100,000 issued, 10,000 cached, requests on 1', keysDir, async (base) => {
+          await expectKeyAuth(base, path, all[0] as string)
+          // the in-process cache filled with 10,000 keys (API_KEY_CACHE_SIZE), then one of them used again and
+          // again: the case where a cache that reorders its Map on every hit slowed down (plugins/auth.ts)
+          await warmKeys(base, path, all.slice(0, 10_000))
+          return { base, path, headers: { 'x-api-key': all[0] as string } }
+        }))
         keyRows.push(await loadRow(infra, opts, '100,000 issued, each request another key', keysDir, async (base) => {
           await expectKeyAuth(base, path, all[0] as string)
           // more keys than the in-process cache holds (API_KEY_CACHE_SIZE), taken in turn: every look-up misses

@@ -1,5 +1,7 @@
 /**
- * The in-process cache in front of Redis (L1): least recently used first out, bounded by entries and by bytes,
+ * The in-process cache in front of Redis (L1): bounded by entries and by bytes, evicting by "second chance" (CLOCK,
+ * an approximation of least recently used: a hit sets a flag, the eviction sweep gives a flagged entry one more lap;
+ * see ApiKeyCache in plugins/auth.ts for why a hit does not move the entry in the Map),
  * each copy trusted for at most `ttlMs` (and never past its freshness) so that a replica that missed a purge
  * message serves old content for a bounded time only. It also memoizes the compressed variants of a body, so that a
  * hot entry is compressed once per replica and coding, not once per hit.
@@ -11,6 +13,8 @@ interface Item {
   expiresAt: number
   size: number
   variants: Map<string, Buffer> | null
+  /** read since the eviction sweep last passed it */
+  used: boolean
 }
 
 /** fixed cost of an item beyond its body and header bytes: the Map slot, the objects, the key */
@@ -42,9 +46,7 @@ export class L1Cache {
     const item = this.#map.get(key)
     if (item === undefined) return undefined
     if (item.expiresAt <= now) { this.#remove(key, item); return undefined }
-    // most recently used goes to the end of the Map's insertion order
-    this.#map.delete(key)
-    this.#map.set(key, item)
+    item.used = true
     return item.stored
   }
 
@@ -62,9 +64,10 @@ export class L1Cache {
     if (size > this.maxBytes / 4) return
     const old = this.#map.get(stored.key)
     if (old !== undefined) this.#remove(stored.key, old)
-    this.#map.set(stored.key, { stored, expiresAt, size, variants: null })
+    const item: Item = { stored, expiresAt, size, variants: null, used: false }
+    this.#map.set(stored.key, item)
     this.#bytes += size
-    this.#evict()
+    this.#evict(item)
   }
 
   /** a compressed body memoized for an entry still held here */
@@ -81,7 +84,7 @@ export class L1Cache {
     item.variants.set(coding, body)
     item.size += body.length
     this.#bytes += body.length
-    this.#evict()
+    this.#evict(item)
   }
 
   delete (key: string): void {
@@ -108,11 +111,24 @@ export class L1Cache {
     this.#bytes -= item.size
   }
 
-  #evict (): void {
-    while (this.#map.size > this.maxEntries || this.#bytes > this.maxBytes) {
-      const oldest = this.#map.keys().next()
+  /**
+   * From the oldest end: a used item moves to the newest end with its flag cleared, the first unused one goes.
+   * `keep`, the item just stored or grown, is passed over while anything else is left. Every item is passed at
+   * most twice (once to clear its flag), so the sweep is bounded.
+   */
+  #evict (keep: Item): void {
+    const map = this.#map
+    while (map.size > this.maxEntries || this.#bytes > this.maxBytes) {
+      const oldest = map.entries().next()
       if (oldest.done === true) break
-      this.#remove(oldest.value, this.#map.get(oldest.value) as Item)
+      const [key, item] = oldest.value
+      if (item.used || (item === keep && map.size > 1)) {
+        item.used = false
+        map.delete(key)
+        map.set(key, item)
+        continue
+      }
+      this.#remove(key, item)
     }
   }
 }

@@ -151,7 +151,7 @@ export const VARS: Var[] = [
   { name: 'RATE_LIMIT_HEADERS', default: 'ietf,x', describe: 'Rate-limit headers to send (comma-separated): `ietf` = RateLimit-Limit/-Remaining/-Reset/-Policy, `x` = X-RateLimit-Limit/-Remaining/-Reset, or `none`', parse: (raw) => { const sets = raw.split(',').map((s) => s.trim()).filter(Boolean); return sets.length > 0 && sets.every((s) => /^(ietf|x|none)$/.test(s)) && (!sets.includes('none') || sets.length === 1) ? sets : fail(`expected ietf, x, ietf,x or none, got "${raw}"`) } },
   { name: 'FLOOD_LIMIT', default: '0', describe: 'Requests a second accepted from one client IP (per replica), checked before authentication; above it 429. 0 = off. Behind a load balancer set TRUST_PROXY', parse: int(0, 10_000_000) },
   // API keys and JWT (plugins/auth.ts, src/keys.ts, src/jwt.ts)
-  { name: 'API_KEY_CACHE_SIZE', default: '10000', describe: 'API keys each replica keeps in its in-process cache (LRU)', parse: int(1, 10_000_000) },
+  { name: 'API_KEY_CACHE_SIZE', default: '10000', describe: 'API keys each replica keeps in its in-process cache (least used go first: second-chance eviction)', parse: int(1, 10_000_000) },
   { name: 'API_KEY_CACHE_TTL', default: '60s', describe: 'Age after which a cached API key is re-read from the store in the background (revocations reach every replica at once anyway)', parse: duration },
   { name: 'API_KEY_NEGATIVE_TTL', default: '5s', describe: 'How long an unknown API key id is remembered as unknown, sparing the store repeated look-ups', parse: duration },
   { name: 'API_KEY_LAST_USED_FLUSH', default: '5s', describe: 'Interval at which each replica writes the "last used" times of its keys to the store (batched, and on shutdown)', parse: duration },

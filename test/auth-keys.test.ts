@@ -265,6 +265,19 @@ test('Redis down: cached keys keep working, unknown ids get 503 with Retry-After
   assert.equal((await call(app, again.key)).statusCode, 200)
 })
 
+test('API_KEY_CACHE_SIZE bounds the key cache, and the keys in use are the ones it keeps', async (t) => {
+  const up = await startUpstream(t)
+  const redis = await startRedis(t)
+  const app = await gateway(t, up, redis, { API_KEY_CACHE_SIZE: '3' })
+  const [a, b, c, d] = [await createKey(app), await createKey(app), await createKey(app), await createKey(app)]
+  // a, b, c fill the cache; a is used again, b is not; d's look-up needs room
+  for (const k of [a, b, c, a, d]) assert.equal((await call(app, k.key)).statusCode, 200)
+  // what the cache holds is what works without Redis: b went, the oldest key not used since
+  await redis.stop()
+  for (const k of [a, c, d]) assert.equal((await call(app, k.key)).statusCode, 200, `${k.id} is cached`)
+  problem(await call(app, b.key), 503, 'GW_ERR_STORE_UNAVAILABLE')
+})
+
 test('keys are compared as 32-byte SHA-256 digests in constant time: a secret wrong in one character is refused', async (t) => {
   const up = await startUpstream(t)
   const app = await gateway(t, up, null)
