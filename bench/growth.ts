@@ -60,7 +60,7 @@ export function generateRoutes (dir: string, count: number, mixed = true): { dir
 }
 
 interface StartRow { routes: number, files: number, readyMs: number[], firstOkMs: number[], rssMb: number[], peakMb: number[], notes: string[], failure: string | null }
-interface LoadRow { label: string, rounds: Array<{ rps: number, p50: number, p99: number, cpuUsPerReq: number | null, cmdsPerReq: number, readsPerReq: number, errors: number }>, failure: string | null }
+interface LoadRow { label: string, rounds: Array<{ rps: number, p50: number, p99: number, cpuUsPerReq: number | null, cmdsPerReq: number, readsPerReq: number, errors: number, statusCodes: Record<string, number> }>, failure: string | null }
 
 interface Started { ms: number, rss: number | null, peak: number | null, stop: () => Promise<void>, pid: number, base: string }
 
@@ -105,6 +105,7 @@ function loadRound (m: Measured): LoadRow['rounds'][number] {
     cmdsPerReq: m.redis.commands / n,
     readsPerReq: m.redis.reads / n,
     errors: m.load.non2xx + m.load.errors,
+    statusCodes: m.load.statusCodes,
   }
 }
 
@@ -117,7 +118,8 @@ async function loadRow (infra: Infra, opts: GrowthOptions, label: string, routes
       const s = await spec(g.base)
       const r = loadRound(await measure(g.pid, s, infra, opts))
       row.rounds.push(r)
-      opts.log(`growth  ${label.padEnd(40)} round ${round}: ${Math.round(r.rps).toLocaleString('en-US')} req/s, p99 ${r.p99} ms, errors ${r.errors}`)
+      const codes = Object.entries(r.statusCodes).map(([c, k]) => `${c} × ${k}`).join(', ')
+      opts.log(`growth  ${label.padEnd(40)} round ${round}: ${Math.round(r.rps).toLocaleString('en-US')} req/s, p99 ${r.p99} ms, errors ${r.errors} (${codes})`)
     } catch (err) {
       row.failure = (err as Error).message
       opts.log(`growth  ${label.padEnd(40)} n/a: ${row.failure}`)

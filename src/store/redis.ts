@@ -148,6 +148,37 @@ async function bounded<T> (p: Promise<T>, ms: number): Promise<T> {
   try { return await Promise.race([p, timeout]) } finally { clearTimeout(timer) }
 }
 
+/**
+ * `p`, or a rejection ("Command timed out") once `ms` have passed. When the event loop was held (a burst of work, a
+ * long GC, a VM not scheduled for a while), Node runs due timers before it reads sockets: an answer Redis sent in
+ * time may be waiting in the socket when the timer fires. So the timer only schedules the rejection, with
+ * setImmediate, which runs after the next poll phase has read what is there. ioredis's own commandTimeout rejects
+ * at once, and such answers came out as timeouts: an API key looked up by a busy gateway got a 503
+ * (test/store-busy-loop.test.ts). The rate-limit batches have the same guard (src/rate-limit-batcher.ts).
+ */
+function answeredWithin<T> (p: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let settled = false
+    const late = (): void => {
+      if (settled) return
+      settled = true
+      reject(new Error('Command timed out'))
+    }
+    const timer = setTimeout(() => { setImmediate(late) }, ms)
+    p.then((v) => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      resolve(v)
+    }, (err: unknown) => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      reject(err)
+    })
+  })
+}
+
 export interface RedisStoreOptions {
   url: string
   prefix: string
@@ -183,7 +214,7 @@ export class RedisStore implements Store {
       enableOfflineQueue: false,
       enableAutoPipelining: true,
       maxRetriesPerRequest: 1,
-      commandTimeout: this.opts.commandTimeoutMs,
+      // no commandTimeout: every command of the main connection goes through answeredWithin() instead
       connectTimeout: this.opts.connectTimeoutMs ?? 2000,
       // reconnect for ever, backing off to one try a second
       retryStrategy: (times) => Math.min(50 * times, 1000),
@@ -234,7 +265,7 @@ export class RedisStore implements Store {
     if (this.client.status !== 'ready') return { ok: false, state: this.current, latencyMs: null, reason: this.lastError ?? `redis ${this.client.status}` }
     const t0 = performance.now()
     try {
-      await this.client.ping()
+      await this.within(this.client.ping())
       return { ok: true, state: 'ready', latencyMs: Math.round((performance.now() - t0) * 100) / 100, reason: null }
     } catch (err) {
       // the connection may still say ready for a moment after Redis went away: the failed probe is what counts
@@ -244,57 +275,60 @@ export class RedisStore implements Store {
 
   private k (key: string): string { return this.opts.prefix + key }
 
-  async get (key: string): Promise<Buffer | null> { return await this.client.getBuffer(this.k(key)) }
+  /** a command of the main connection, bounded by REDIS_COMMAND_TIMEOUT */
+  private within<T> (p: Promise<T>): Promise<T> { return answeredWithin(p, this.opts.commandTimeoutMs) }
+
+  async get (key: string): Promise<Buffer | null> { return await this.within(this.client.getBuffer(this.k(key))) }
 
   async set (key: string, value: Buffer | string, ttlMs = 0, opts?: { nx?: boolean }): Promise<boolean> {
     const k = this.k(key)
     let r: string | null
-    if (ttlMs > 0 && opts?.nx === true) r = await this.client.set(k, value, 'PX', ttlMs, 'NX')
-    else if (ttlMs > 0) r = await this.client.set(k, value, 'PX', ttlMs)
-    else if (opts?.nx === true) r = await this.client.set(k, value, 'NX')
-    else r = await this.client.set(k, value)
+    if (ttlMs > 0 && opts?.nx === true) r = await this.within(this.client.set(k, value, 'PX', ttlMs, 'NX'))
+    else if (ttlMs > 0) r = await this.within(this.client.set(k, value, 'PX', ttlMs))
+    else if (opts?.nx === true) r = await this.within(this.client.set(k, value, 'NX'))
+    else r = await this.within(this.client.set(k, value))
     return r === 'OK'
   }
 
-  async delIfEquals (key: string, value: string): Promise<boolean> { return (await this.client.gwDelIfEquals(this.k(key), value)) === 1 }
+  async delIfEquals (key: string, value: string): Promise<boolean> { return (await this.within(this.client.gwDelIfEquals(this.k(key), value))) === 1 }
 
   async del (...keys: string[]): Promise<number> {
     if (keys.length === 0) return 0
     // one DEL per key: on Cluster the keys may live in different slots
-    const counts = await Promise.all(keys.map((key) => this.client.del(this.k(key))))
+    const counts = await Promise.all(keys.map((key) => this.within(this.client.del(this.k(key)))))
     return counts.reduce((a, b) => a + b, 0)
   }
 
-  async pttl (key: string): Promise<number> { return await this.client.pttl(this.k(key)) }
+  async pttl (key: string): Promise<number> { return await this.within(this.client.pttl(this.k(key))) }
 
-  async incr (key: string, by: number, ttlMs: number): Promise<number> { return Number(await this.client.gwIncr(this.k(key), by, ttlMs)) }
+  async incr (key: string, by: number, ttlMs: number): Promise<number> { return Number(await this.within(this.client.gwIncr(this.k(key), by, ttlMs))) }
 
   async hset (key: string, fields: Record<string, string>, ttlMs?: number): Promise<void> {
     const k = this.k(key)
-    if (ttlMs !== undefined && ttlMs > 0) await this.client.multi().hset(k, fields).pexpire(k, ttlMs).exec()
-    else await this.client.hset(k, fields)
+    if (ttlMs !== undefined && ttlMs > 0) await this.within(this.client.multi().hset(k, fields).pexpire(k, ttlMs).exec())
+    else await this.within(this.client.hset(k, fields))
   }
 
   async hgetall (key: string): Promise<Record<string, string> | null> {
-    const h = await this.client.hgetall(this.k(key))
+    const h = await this.within(this.client.hgetall(this.k(key)))
     return Object.keys(h).length === 0 ? null : h
   }
 
   async hdel (key: string, ...fields: string[]): Promise<number> {
-    return fields.length === 0 ? 0 : await this.client.hdel(this.k(key), ...fields)
+    return fields.length === 0 ? 0 : await this.within(this.client.hdel(this.k(key), ...fields))
   }
 
   async sadd (key: string, members: string[], ttlMs?: number): Promise<void> {
     if (members.length === 0) return
     const k = this.k(key)
-    if (ttlMs !== undefined && ttlMs > 0) await this.client.multi().sadd(k, ...members).pexpire(k, ttlMs).exec()
-    else await this.client.sadd(k, ...members)
+    if (ttlMs !== undefined && ttlMs > 0) await this.within(this.client.multi().sadd(k, ...members).pexpire(k, ttlMs).exec())
+    else await this.within(this.client.sadd(k, ...members))
   }
 
-  async smembers (key: string): Promise<string[]> { return await this.client.smembers(this.k(key)) }
+  async smembers (key: string): Promise<string[]> { return await this.within(this.client.smembers(this.k(key))) }
 
   async srem (key: string, ...members: string[]): Promise<number> {
-    return members.length === 0 ? 0 : await this.client.srem(this.k(key), ...members)
+    return members.length === 0 ? 0 : await this.within(this.client.srem(this.k(key), ...members))
   }
 
   async * scan (prefix: string, batch = 500): AsyncIterable<string[]> {
@@ -302,7 +336,7 @@ export class RedisStore implements Store {
     const strip = this.opts.prefix.length
     let cursor = '0'
     do {
-      const [next, keys] = await this.client.scan(cursor, 'MATCH', match, 'COUNT', batch)
+      const [next, keys] = await this.within(this.client.scan(cursor, 'MATCH', match, 'COUNT', batch))
       cursor = next
       if (keys.length > 0) yield keys.map((k) => k.slice(strip))
     } while (cursor !== '0')
@@ -374,7 +408,7 @@ export class RedisStore implements Store {
     return out
   }
 
-  async publish (channel: string, message: string): Promise<void> { await this.client.publish(this.k(channel), message) }
+  async publish (channel: string, message: string): Promise<void> { await this.within(this.client.publish(this.k(channel), message)) }
 
   async subscribe (channel: string, listener: (message: string) => void): Promise<() => Promise<void>> {
     const ch = this.k(channel)
