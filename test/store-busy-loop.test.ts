@@ -5,10 +5,10 @@
  * `--growth --rows keys`, every request another key: errors in 3 of 6 runs on this shared machine, 503s where the
  * codes were recorded). A Redis that really does not answer must still time out.
  */
-import { test } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { RedisStore } from '../src/store/index.js'
-import { redisCommand, startRedis } from './helpers/redis.js'
+import { redisCommand, startRedis, type RedisServer } from './helpers/redis.js'
 
 /** the event loop held for `ms` (bounded by the clock) */
 function busy (ms: number): void {
@@ -19,12 +19,18 @@ function busy (ms: number): void {
 /** lets ioredis write what was queued this turn (auto-pipelining sends from setImmediate; ours runs after it) */
 async function sent (): Promise<void> { await new Promise<void>((resolve) => setImmediate(resolve)) }
 
-test('replies that came in while the event loop was busy are not called late', async (t) => {
+/** a private redis-server and a store on it with this command timeout, holding k = v */
+async function storeWith (t: TestContext, commandTimeoutMs: number): Promise<{ redis: RedisServer, store: RedisStore }> {
   const redis = await startRedis(t)
-  const store = new RedisStore({ url: redis.url, prefix: 'gw:', commandTimeoutMs: 100 })
+  const store = new RedisStore({ url: redis.url, prefix: 'gw:', commandTimeoutMs })
   await store.init()
   t.after(() => store.close())
   await store.set('k', 'v')
+  return { redis, store }
+}
+
+test('replies that came in while the event loop was busy are not called late', async (t) => {
+  const { store } = await storeWith(t, 100)
   await store.hset('h', { a: '1' })
 
   for (let round = 0; round < 3; round++) {
@@ -41,11 +47,7 @@ test('replies that came in while the event loop was busy are not called late', a
 })
 
 test('a Redis that does not answer still times out after REDIS_COMMAND_TIMEOUT', async (t) => {
-  const redis = await startRedis(t)
-  const store = new RedisStore({ url: redis.url, prefix: 'gw:', commandTimeoutMs: 200 })
-  await store.init()
-  t.after(() => store.close())
-  await store.set('k', 'v')
+  const { redis, store } = await storeWith(t, 200)
   await redisCommand(redis, 'CLIENT', 'PAUSE', '3000', 'ALL')
   const t0 = Date.now()
   await assert.rejects(store.get('k'), /timed out/)
