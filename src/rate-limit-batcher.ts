@@ -8,6 +8,7 @@
  * the client library does (a NOSCRIPT retry after a Redis restart is two round trips).
  */
 import assert from 'node:assert/strict'
+import { answeredWithin } from './answered-within.js'
 
 interface Pending<C, R> { check: C, resolve: (r: R) => void, reject: (err: Error) => void }
 
@@ -63,25 +64,17 @@ export class CheckBatcher<C, R> {
   }
 
   #send (batch: Array<Pending<C, R>>): void {
-    let settled = false
-    const fail = (err: Error): void => {
-      if (settled) return
-      settled = true
-      clearTimeout(guard)
-      for (const p of batch) p.reject(err)
+    const fail = (err: unknown): void => {
+      const e = err instanceof Error ? err : new Error(String(err))
+      for (const p of batch) p.reject(e)
     }
-    // When the loop was busy, due timers run before sockets are read: give an answer that is already there one
-    // poll phase (setImmediate runs after it) before calling the check late.
-    const guard = setTimeout(() => setImmediate(() => fail(new Error(`rate-limit check timed out after ${this.#opts.timeoutMs}ms`))), this.#opts.timeoutMs)
     let sent: Promise<R[]>
-    try { sent = this.#opts.send(batch.map((p) => p.check)) } catch (err) { fail(err as Error); return }
-    sent.then((results) => {
-      if (settled) return
+    try { sent = this.#opts.send(batch.map((p) => p.check)) } catch (err) { fail(err); return }
+    // a busy loop does not make an answer that is already there late (src/answered-within.ts)
+    answeredWithin(sent, this.#opts.timeoutMs, `rate-limit check timed out after ${this.#opts.timeoutMs}ms`).then((results) => {
       if (results.length !== batch.length) { fail(new Error(`rate-limit script answered ${results.length} results for ${batch.length} checks`)); return }
-      settled = true
-      clearTimeout(guard)
       for (let i = 0; i < batch.length; i++) (batch[i] as Pending<C, R>).resolve(results[i] as R)
-    }, (err: unknown) => fail(err instanceof Error ? err : new Error(String(err))))
+    }, fail)
   }
 }
 

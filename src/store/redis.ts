@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events'
 import { Redis, type RedisOptions } from 'ioredis'
 import type { RateLimitCheck, RateLimitResult, Store, StoreHealth, StoreState } from './types.js'
+import { answeredWithin } from '../answered-within.js'
 import { CheckBatcher, clusterSlot } from '../rate-limit-batcher.js'
 
 const INCR = `local v = redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -148,37 +149,6 @@ async function bounded<T> (p: Promise<T>, ms: number): Promise<T> {
   try { return await Promise.race([p, timeout]) } finally { clearTimeout(timer) }
 }
 
-/**
- * `p`, or a rejection ("Command timed out") once `ms` have passed. When the event loop was held (a burst of work, a
- * long GC, a VM not scheduled for a while), Node runs due timers before it reads sockets: an answer Redis sent in
- * time may be waiting in the socket when the timer fires. So the timer only schedules the rejection, with
- * setImmediate, which runs after the next poll phase has read what is there. ioredis's own commandTimeout rejects
- * at once, and such answers came out as timeouts: an API key looked up by a busy gateway got a 503
- * (test/store-busy-loop.test.ts). The rate-limit batches have the same guard (src/rate-limit-batcher.ts).
- */
-function answeredWithin<T> (p: Promise<T>, ms: number): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    let settled = false
-    const late = (): void => {
-      if (settled) return
-      settled = true
-      reject(new Error('Command timed out'))
-    }
-    const timer = setTimeout(() => { setImmediate(late) }, ms)
-    p.then((v) => {
-      if (settled) return
-      settled = true
-      clearTimeout(timer)
-      resolve(v)
-    }, (err: unknown) => {
-      if (settled) return
-      settled = true
-      clearTimeout(timer)
-      reject(err)
-    })
-  })
-}
-
 export interface RedisStoreOptions {
   url: string
   prefix: string
@@ -275,8 +245,8 @@ export class RedisStore implements Store {
 
   private k (key: string): string { return this.opts.prefix + key }
 
-  /** a command of the main connection, bounded by REDIS_COMMAND_TIMEOUT */
-  private within<T> (p: Promise<T>): Promise<T> { return answeredWithin(p, this.opts.commandTimeoutMs) }
+  /** a command of the main connection, bounded by REDIS_COMMAND_TIMEOUT (src/answered-within.ts) */
+  private within<T> (p: Promise<T>): Promise<T> { return answeredWithin(p, this.opts.commandTimeoutMs, 'Command timed out') }
 
   async get (key: string): Promise<Buffer | null> { return await this.within(this.client.getBuffer(this.k(key))) }
 
