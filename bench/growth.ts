@@ -131,6 +131,13 @@ async function loadRow (infra: Infra, opts: GrowthOptions, label: string, routes
   return row
 }
 
+/** fn(0) … fn(count - 1), at most `width` at a time */
+async function eachConcurrently (count: number, width: number, fn: (i: number) => Promise<void>): Promise<void> {
+  let next = 0
+  const worker = async (): Promise<void> => { for (let i = next++; i < count; i = next++) await fn(i) }
+  await Promise.all(Array.from({ length: Math.min(width, count) }, worker))
+}
+
 /** Issue `count` keys straight into the store, as `keys create` would, with bounded concurrency. */
 async function seedKeys (infra: Infra, count: number, log: (l: string) => void): Promise<string[]> {
   const { KeyRepository } = await import('../src/keys.js')
@@ -141,11 +148,7 @@ async function seedKeys (infra: Infra, count: number, log: (l: string) => void):
   const keys: string[] = new Array<string>(count)
   const t0 = performance.now()
   try {
-    let next = 0
-    const worker = async (): Promise<void> => {
-      for (let i = next++; i < count; i = next++) keys[i] = (await repo.create({ client: `bench-${i}`, name: `bench ${i}` })).key
-    }
-    await Promise.all(Array.from({ length: Math.min(256, count) }, worker))
+    await eachConcurrently(count, 256, async (i) => { keys[i] = (await repo.create({ client: `bench-${i}`, name: `bench ${i}` })).key })
   } finally {
     await store.close()
   }
@@ -155,13 +158,10 @@ async function seedKeys (infra: Infra, count: number, log: (l: string) => void):
 
 /** One request with each key, 32 at a time: each must be accepted. */
 async function warmKeys (base: string, path: string, keys: readonly string[]): Promise<void> {
-  let next = 0
-  await Promise.all(Array.from({ length: 32 }, async () => {
-    for (let i = next++; i < keys.length; i = next++) {
-      const res = await httpRequest(base + path, { headers: { 'x-api-key': keys[i] as string } })
-      if (res.status !== 200) throw new Error(`warming the key cache: key ${i} answered ${res.status}`)
-    }
-  }))
+  await eachConcurrently(keys.length, 32, async (i) => {
+    const res = await httpRequest(base + path, { headers: { 'x-api-key': keys[i] as string } })
+    if (res.status !== 200) throw new Error(`warming the key cache: key ${i} answered ${res.status}`)
+  })
 }
 
 async function expectKeyAuth (base: string, path: string, key: string): Promise<void> {

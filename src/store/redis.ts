@@ -142,13 +142,6 @@ interface GwRedis extends Redis {
   gwRateLimit (numKeys: number, ...keysThenPacked: string[]): Promise<number[]>
 }
 
-/** `p`, or a rejection after `ms` (the timer never keeps the process alive) */
-async function bounded<T> (p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error('redis command timed out')), ms); timer.unref() })
-  try { return await Promise.race([p, timeout]) } finally { clearTimeout(timer) }
-}
-
 export interface RedisStoreOptions {
   url: string
   prefix: string
@@ -223,7 +216,7 @@ export class RedisStore implements Store {
     // A QUIT to a Redis that died a moment ago may never be answered (the subscriber has no command timeout):
     // wait for it briefly, then drop the connection.
     const quit = async (c: Redis): Promise<void> => {
-      if (c.status === 'ready') await bounded(c.quit(), 1000).catch(() => {})
+      if (c.status === 'ready') await answeredWithin(c.quit(), 1000, 'QUIT timed out').catch(() => {})
       c.disconnect()
     }
     // the rate-limit connection has no command timeout: dropped at once rather than waiting for a QUIT to be answered
@@ -411,7 +404,7 @@ export class RedisStore implements Store {
       s.delete(listener)
       if (s.size === 0) {
         this.listeners.delete(ch)
-        if (this.subscriber?.status === 'ready') await bounded(this.subscriber.unsubscribe(ch), 1000).catch(() => {})
+        if (this.subscriber?.status === 'ready') await answeredWithin(this.subscriber.unsubscribe(ch), 1000, 'UNSUBSCRIBE timed out').catch(() => {})
       }
     }
   }
