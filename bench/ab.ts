@@ -3,6 +3,7 @@
  * build of the gateway (B: a built checkout, e.g. `git worktree add /tmp/old HEAD~1 && (cd /tmp/old && npm ci &&
  * npm run build)`), row by row, on the same core under the same load. A row written `x:y` runs row x on A and
  * row y on B: with `--ab .` (this build twice) that measures what one policy costs, e.g. `apiKey:passthrough`.
+ * One side may be `baseline` (the reference process), e.g. `full:baseline`: the issue's ratios without the drift.
  *
  * The sequential table compares rows measured seconds apart, and on these shared 2-core machines the speed of a
  * core drifts by tens of percent within a minute. Here both gateways run side by side, idle but warm, and the load
@@ -12,8 +13,8 @@
  * combined (geometric mean): that start-order bias cancels out.
  */
 import { join } from 'node:path'
-import { gatewayEnv, measure, rowsByName, startGateway, startInfra, type Infra, type Server } from './bench.js'
-import { freePort, memoryMb } from './lib/procs.js'
+import { measure, rowsByName, startInfra, startServer, type Infra, type Server } from './bench.js'
+import { memoryMb } from './lib/procs.js'
 import { median, renderTable } from './lib/table.js'
 import type { RowDef } from './rows.js'
 
@@ -46,11 +47,8 @@ const geo = (x: number, y: number): number => Math.sqrt(x * y)
 
 async function startPair (infra: Infra, rows: { a: RowDef, b: RowDef }, thisDist: string, otherDist: string, aFirst: boolean): Promise<{ a: Server, b: Server }> {
   const start = async (which: 'a' | 'b'): Promise<Server> => {
-    const port = await freePort()
-    const dist = which === 'a' ? thisDist : otherDist
     const row = rows[which]
-    const extra = row.env?.(infra.features) ?? {}
-    return await startGateway(infra, `${row.name}-${which}`, gatewayEnv(infra, port, extra, join(dist, 'bench', 'routes')), port, null, 30_000, dist)
+    return await startServer(row, infra, null, which === 'a' ? thisDist : otherDist, `${row.name}-${which}`)
   }
   if (aFirst) { const a = await start('a'); return { a, b: await start('b') } }
   const b = await start('b')
@@ -67,7 +65,11 @@ export async function runAb (opts: AbOptions, thisDist: string): Promise<AbRow[]
       const [nameA, nameB] = spec.includes(':') ? spec.split(':') as [string, string] : [spec, spec]
       const rowA = rowsByName([nameA])[0] as RowDef
       const rowB = rowsByName([nameB])[0] as RowDef
-      if (rowA.kind !== 'gateway' || rowB.kind !== 'gateway') { out.push({ row: spec, status: 'n/a', reason: 'only gateway rows' }); continue }
+      // the baseline (a process of its own, not a build of the gateway) may stand on either side, e.g. full:baseline
+      if (rowA.kind === 'upstream' || rowB.kind === 'upstream' || (rowA.kind === 'baseline' && rowB.kind === 'baseline')) {
+        out.push({ row: spec, status: 'n/a', reason: 'gateway rows, or one gateway row against baseline' })
+        continue
+      }
       const orders: NonNullable<AbRow['orders']> = []
       const cpuA: number[] = []
       const cpuB: number[] = []

@@ -206,7 +206,8 @@ export async function startGateway (infra: Infra, name: string, env: Record<stri
   return { child, base, logFile, spec: null }
 }
 
-async function startServer (row: RowDef, infra: Infra, profile: { dir: string, name: string } | null): Promise<Server> {
+/** Start the process a row measures (the upstream itself for `direct`); a gateway from `dist` (default: this build). */
+export async function startServer (row: RowDef, infra: Infra, profile: { dir: string, name: string } | null, dist = DIST, name = row.name): Promise<Server> {
   if (row.kind === 'upstream') {
     if (profile !== null) throw new NotAvailable('direct is the upstream alone: nothing to profile')
     return { child: infra.upstream, base: infra.upstreamUrl, logFile: null, spec: null }
@@ -231,7 +232,7 @@ async function startServer (row: RowDef, infra: Infra, profile: { dir: string, n
     return { child, base, logFile: null, spec: null }
   }
   const extra = row.env?.(infra.features) ?? {}
-  return await startGateway(infra, row.name, gatewayEnv(infra, port, extra), port, profile)
+  return await startGateway(infra, name, gatewayEnv(infra, port, extra, join(dist, 'bench', 'routes')), port, profile, 30_000, dist)
 }
 
 function readTail (file: string): string {

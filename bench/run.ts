@@ -26,9 +26,10 @@ const HELP = `npm run bench -- [options]
   --growth            the cost-growth measurements instead (bench/growth.ts); with --rows, a selection of
                       startup (10/1,000/10,000 routes), routes (1 vs 10,000), keys (10 vs 100,000 API keys)
   --same-process      one process per row for all rounds (RSS growth from round to round shows)
-  --ab DIR            A/B: this build against the built checkout in DIR (bench/ab.ts), gateway rows only
+  --ab DIR            A/B: this build against the built checkout in DIR (bench/ab.ts), gateway rows
                       (default: passthrough, apiKey, full, cacheHitL1), alternating slices, both start orders;
-                      a row x:y runs row x on this build and row y on DIR (--ab . --rows apiKey:passthrough)
+                      a row x:y runs row x on this build and row y on DIR (--ab . --rows apiKey:passthrough);
+                      one side may be baseline (--ab . --rows full:baseline)
   --slices N          with --ab: alternating slices per start order (default 6; --duration is a slice)
   --no-pin            do not pin processes to cores with taskset
   --help`

@@ -68,3 +68,31 @@ test('bench harness: one short round of direct and passthrough gives the table a
   assert.equal(cmp.code, 0, cmp.stderr)
   assert.match(cmp.stdout, /^passthrough\s+.*\+0\.0%/m)
 })
+
+test('bench harness: --ab puts a gateway row against the baseline, both start orders, and writes the JSON', { timeout: 90_000 }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-smoke-ab-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const out = join(dir, 'ab.json')
+
+  const res = await runHarness(['--ab', '.', '--rows', 'passthrough:baseline', '--slices', '1', '--duration', '1', '--warmup', '0', '--connections', '10', '--out', out], 75_000)
+  assert.equal(res.code, 0, `harness failed:\n${res.stderr}\n${res.stdout}`)
+  assert.match(res.stdout, /^row\s+B÷A req\/s\s+B÷A CPU/m)
+  assert.match(res.stdout, /^passthrough:baseline\s+\d+\.\d{3}\s+\d+\.\d{3}\s/m, `the row did not run:\n${res.stdout}\n${res.stderr}`)
+
+  const json = JSON.parse(readFileSync(out, 'utf8')) as {
+    slices: number
+    rows: Array<{ row: string, status: string, reason?: string, rps?: number, cpu?: number, orders?: Array<{ firstStarted: string }>, cpuUs?: { a: number, b: number } }>
+  }
+  assert.equal(json.slices, 1)
+  const row = json.rows[0]
+  assert.ok(row !== undefined && row.row === 'passthrough:baseline')
+  assert.equal(row.status, 'ok', row.reason)
+  assert.ok(row.rps !== undefined && row.rps > 0 && row.cpu !== undefined && row.cpu > 0)
+  assert.deepEqual(row.orders?.map((o) => o.firstStarted), ['A', 'B'])
+  assert.ok(row.cpuUs !== undefined && row.cpuUs.a > 0 && row.cpuUs.b > 0, 'CPU per request of both processes')
+
+  // two baselines, or the upstream itself, are refused with a reason rather than measured
+  const bad = await runHarness(['--ab', '.', '--rows', 'baseline:baseline', '--slices', '1', '--duration', '0.5', '--warmup', '0', '--out', join(dir, 'bad.json')], 30_000)
+  assert.equal(bad.code, 0, bad.stderr)
+  assert.match(bad.stdout, /^baseline:baseline\s+n\/a: gateway rows, or one gateway row against baseline/m)
+})
