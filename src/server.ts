@@ -33,8 +33,9 @@ export interface StartOptions {
   logStream?: { write (line: string): unknown }
 }
 
-/** every destination start() made, written out on exit by one listener (start() may run more than once) */
+/** the destinations of the servers start() made and that have not stopped, written out on exit by one listener */
 const stdoutDestinations = new Set<LogDestination>()
+let exitFlushHooked = false
 
 /**
  * stdout in ~4 KiB batches, written at least every second and on exit (src/log-destination.ts). Cluster workers
@@ -45,7 +46,10 @@ function bufferedStdout (): LogDestination {
   const out = cluster.isWorker
     ? new LogDestination(1, { minLength: 2048, maxWrite: 4096 })
     : new LogDestination(1, { minLength: 4096 })
-  if (stdoutDestinations.size === 0) process.once('exit', () => { for (const d of stdoutDestinations) flushQuietly(d) })
+  if (!exitFlushHooked) {
+    exitFlushHooked = true
+    process.once('exit', () => { for (const d of stdoutDestinations) flushQuietly(d) })
+  }
   stdoutDestinations.add(out)
   return out
 }
@@ -150,6 +154,8 @@ export async function start (env: Record<string, string | undefined> = process.e
       }
       app.log.info('shut down')
       await drainLogs(logStream)
+      // a stopped server's destination: its flush timer stops, and the exit listener no longer holds it
+      if (logStream instanceof LogDestination && stdoutDestinations.delete(logStream)) logStream.end()
     })()
     return await stopping
   }
