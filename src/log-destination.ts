@@ -36,7 +36,8 @@ export interface LogDestinationOptions {
 
 const NL = 0x0a
 const RETRY_MS = 10
-const SCRATCH = 64 * 1024
+/** the reused batch buffer holds at least this many bytes, and a batch of minLength characters with room to spare */
+const SCRATCH_MIN = 64 * 1024
 
 export class LogDestination {
   /** lines lost because stdout was not read (the backlog was full) or the descriptor failed */
@@ -52,12 +53,14 @@ export class LogDestination {
   /** the batch being written (a view into #scratch or its own Buffer), and how far */
   #batch: Buffer | null = null
   #offset = 0
-  readonly #scratch = Buffer.allocUnsafeSlow(SCRATCH)
+  readonly #scratch: Buffer
   #drained: Array<() => void> = []
 
   constructor (fd: number, opts: LogDestinationOptions = {}) {
     this.#fd = fd
     this.#minLength = opts.minLength ?? 4096
+    // a batch is a little over minLength characters, at most 3 bytes each
+    this.#scratch = Buffer.allocUnsafeSlow(Math.max(SCRATCH_MIN, 4 * this.#minLength))
     this.#maxWrite = opts.maxWrite ?? 0
     this.#maxBacklog = opts.maxBacklog ?? 8 * 1024 * 1024
     const every = opts.flushEveryMs ?? 1000
@@ -108,7 +111,7 @@ export class LogDestination {
     }
     const text = parts.length === 1 ? parts[0] as string : parts.join('')
     // the scratch buffer when no batch is in flight and it surely fits (3 bytes per UTF-16 unit at most)
-    if (this.#batch === null && text.length * 3 <= SCRATCH) return this.#scratch.subarray(0, this.#scratch.write(text, 0))
+    if (this.#batch === null && text.length * 3 <= this.#scratch.length) return this.#scratch.subarray(0, this.#scratch.write(text, 0))
     return Buffer.from(text)
   }
 

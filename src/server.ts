@@ -36,16 +36,22 @@ export interface StartOptions {
 /** the destinations of the servers start() made and that have not stopped, written out on exit by one listener */
 const stdoutDestinations = new Set<LogDestination>()
 let exitFlushHooked = false
+/** characters of log lines written to stdout at once (not in a cluster worker) */
+export const STDOUT_BATCH = 64 * 1024
 
 /**
- * stdout in ~4 KiB batches, written at least every second and on exit (src/log-destination.ts). Cluster workers
- * share one stdout pipe, where only writes up to PIPE_BUF (4096 bytes on Linux) are atomic: their batches stay
- * within 4096 bytes, cut at line ends, so that one batch never splits another worker's line.
+ * stdout in batches of 64 Ki characters (about 240 access lines), written at least every second and on exit
+ * (src/log-destination.ts). Each batch is one write handed to the thread pool, and on these machines a write costs
+ * far more than its bytes: 4 KiB batches spent about 5% of the gateway's CPU on the bench's `full` row, 64 Ki
+ * batches won 3-7% of its requests/s (bench/README.md). A crash that skips the exit handler (SIGKILL, out of
+ * memory) can lose one batch, and lines are never held more than a second.
+ * Cluster workers share one stdout pipe, where only writes up to PIPE_BUF (4096 bytes on Linux) are atomic: their
+ * batches stay within 4096 bytes, cut at line ends, so that one batch never splits another worker's line.
  */
 function bufferedStdout (): LogDestination {
   const out = cluster.isWorker
     ? new LogDestination(1, { minLength: 2048, maxWrite: 4096 })
-    : new LogDestination(1, { minLength: 4096 })
+    : new LogDestination(1, { minLength: STDOUT_BATCH })
   if (!exitFlushHooked) {
     exitFlushHooked = true
     process.once('exit', () => { for (const d of stdoutDestinations) flushQuietly(d) })

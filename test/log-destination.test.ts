@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { LogDestination } from '../src/log-destination.js'
+import { STDOUT_BATCH } from '../src/server.js'
 import { until } from './helpers/wait.js'
 
 const MODULE = fileURLToPath(new URL('../src/log-destination.js', import.meta.url))
@@ -43,6 +44,33 @@ test('lines wait for a batch and go out in order: at minLength, at least every f
   await flushed()
   const got = readFileSync(file, 'utf8').split('\n').filter((l) => l !== '').map((l) => (JSON.parse(l) as { i: number }).i)
   assert.deepEqual(got, Array.from({ length: 14 }, (_, i) => i))
+})
+
+test('the gateway\'s stdout batch: 64 Ki characters wait as one batch and go out whole, in order, multi-byte characters intact', async (t) => {
+  const file = join(tempDir(t), 'out.log')
+  const fd = openSync(file, 'w')
+  const dest = new LogDestination(fd, { minLength: STDOUT_BATCH, flushEveryMs: 0 })
+  t.after(() => { dest.end(); closeSync(fd) })
+  const size = (): number => statSync(file).size
+  // lines of about 320 characters, with characters of 2 and 3 UTF-8 bytes
+  const lineOf = (i: number): string => JSON.stringify({ i, path: `/items/${i}?q=é€`, pad: 'x'.repeat(280) }) + '\n'
+  let chars = 0
+  let i = 0
+  for (; chars + lineOf(i).length < STDOUT_BATCH; i++) { dest.write(lineOf(i)); chars += lineOf(i).length }
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  assert.equal(size(), 0, `${i} lines (${chars} characters) under the batch size wait`)
+  // the line that crosses the batch size sends the batch, itself included; the next one waits for the next batch
+  dest.write(lineOf(i++))
+  dest.write(lineOf(i++))
+  assert.ok(await until(async () => size() > 0, 3000), 'past the batch size the batch is written')
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  const text = readFileSync(file, 'utf8')
+  assert.ok(text.endsWith(lineOf(i - 2)), 'one write, whole: the file ends with the line that crossed the batch size')
+  const got = text.split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as { i: number, path: string })
+  assert.deepEqual(got.map((l) => l.i), Array.from({ length: i - 1 }, (_, k) => k))
+  assert.equal(got[7]?.path, '/items/7?q=é€')
+  await new Promise<void>((resolve) => { dest.flush(() => { resolve() }) })
+  assert.ok(readFileSync(file, 'utf8').endsWith(lineOf(i - 1)), 'flush writes the line that waited')
 })
 
 test('a stalled reader: writing never waits, the backlog is bounded, what is dropped is counted and reported once it reads again', async (t) => {
