@@ -48,7 +48,8 @@ export interface RoundMetrics {
   rssPeakMb: number | null
   /** VmRSS after the run (MB) */
   rssMb: number | null
-  redis: { cmdsPerReq: number, scriptsPerReq: number, readsPerReq: number, byCommand: Record<string, number> }
+  /** cpuUsPerReq: redis-server's own CPU time per request (it runs on the load generator's core) */
+  redis: { cmdsPerReq: number, scriptsPerReq: number, readsPerReq: number, cpuUsPerReq: number, byCommand: Record<string, number> }
   errors: number
   statusCodes: Record<string, number>
   ratioDirect: number | null
@@ -64,6 +65,7 @@ export interface RowSummary {
   cpuRatioBaseline: number | null
   rssPeakMb: number | null
   redisCmdsPerReq: number | null
+  redisCpuUsPerReq: number | null
   redisReadsPerReq: number | null
   ratioDirect: number[]
   ratioBaseline: number[]
@@ -287,7 +289,7 @@ function toRound (round: number, m: Measured): RoundMetrics {
     cpuUsPerReq: m.cpuUs === null || m.load.completed === 0 ? null : m.cpuUs / m.load.completed,
     rssPeakMb: m.mem?.peak ?? null,
     rssMb: m.mem?.current ?? null,
-    redis: { cmdsPerReq: m.redis.commands / n, scriptsPerReq: m.redis.scripts / n, readsPerReq: m.redis.reads / n, byCommand: m.redis.byCommand },
+    redis: { cmdsPerReq: m.redis.commands / n, scriptsPerReq: m.redis.scripts / n, readsPerReq: m.redis.reads / n, cpuUsPerReq: m.redis.cpuUs / n, byCommand: m.redis.byCommand },
     errors: m.load.non2xx + m.load.errors,
     statusCodes: m.load.statusCodes,
     ratioDirect: null,
@@ -418,6 +420,8 @@ export function addRatios (rows: RowResult[]): void {
       rssPeakMb: peaks.length === 0 ? null : Math.max(...peaks),
       redisCmdsPerReq: median(pick((r) => r.redis.cmdsPerReq)),
       redisReadsPerReq: median(pick((r) => r.redis.readsPerReq)),
+      // older result files have no Redis CPU
+      redisCpuUsPerReq: median(pick((r) => r.redis.cpuUsPerReq ?? null)),
       ratioDirect: pick((r) => r.ratioDirect),
       ratioBaseline: pick((r) => r.ratioBaseline),
       errors: row.rounds.reduce((s, r) => s + r.errors, 0),

@@ -15,6 +15,7 @@ const COLUMNS: Column[] = [
   { title: 'peak RSS MB' },
   { title: 'redis cmd/req' },
   { title: 'redis rt/req' },
+  { title: 'redis CPU µs/req' },
   { title: 'errors' },
 ]
 
@@ -26,7 +27,8 @@ export function header (r: BenchResult): string {
       'medians of the rounds, ratios taken within each round (min–max = their spread)',
     `pinning: ${m.pinning}` + (m.loadAverage === undefined ? '' : `; load average ${m.loadAverage.before.toFixed(2)} before, ${m.loadAverage.after.toFixed(2)} after (${m.cpus.split(' ')[0] ?? '?'} cores)`),
     `upstream: node:http keep-alive, 1024-byte JSON; redis-server ${m.redis} on loopback. ` +
-      'CPU and RSS are the measured process\'s own (the upstream\'s on the direct row); redis rt = socket reads (round trips)',
+      'CPU and RSS are the measured process\'s own (the upstream\'s on the direct row); redis rt = socket reads (round trips); ' +
+      'redis CPU = redis-server\'s own CPU time, on the load generator\'s core',
   ].join('\n')
 }
 
@@ -46,6 +48,7 @@ export function rowCells (row: RowResult): string[] | { span: string } {
     num(s.rssPeakMb, 0),
     num(s.redisCmdsPerReq, 2),
     num(s.redisReadsPerReq, 2),
+    num(s.redisCpuUsPerReq ?? null, 1),
     String(s.errors),
   ]
 }
@@ -82,6 +85,7 @@ export function renderCompare (old: BenchResult, now: BenchResult, oldName: stri
     { title: 'p99 ms old → new' },
     { title: 'RSS MB old → new' },
     { title: 'redis cmd/req old → new' },
+    { title: 'redis CPU µs/req old → new' },
   ]
   const names = [...new Set([...now.rows.map((r) => r.name), ...old.rows.map((r) => r.name)])]
   const med = (xs: number[] | undefined): number | null => {
@@ -104,6 +108,7 @@ export function renderCompare (old: BenchResult, now: BenchResult, oldName: stri
       pair(a?.p99, b?.p99, 1),
       pair(a?.rssPeakMb, b?.rssPeakMb),
       pair(a?.redisCmdsPerReq, b?.redisCmdsPerReq, 2),
+      pair(a?.redisCpuUsPerReq, b?.redisCpuUsPerReq, 1),
     ]
   })
   return [

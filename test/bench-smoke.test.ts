@@ -28,30 +28,31 @@ async function runHarness (args: string[], limitMs: number): Promise<{ code: num
   })
 }
 
-test('bench harness: one short round of direct and passthrough gives the table and the JSON', { timeout: 90_000 }, async (t) => {
+test('bench harness: one short round of direct, passthrough and rateLimit gives the table and the JSON', { timeout: 90_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'bench-smoke-'))
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   const out = join(dir, 'result.json')
 
-  const res = await runHarness(['--rows', 'direct,passthrough', '--rounds', '1', '--duration', '1', '--warmup', '0', '--connections', '10', '--out', out], 60_000)
+  const res = await runHarness(['--rows', 'direct,passthrough,rateLimit', '--rounds', '1', '--duration', '1', '--warmup', '0', '--connections', '10', '--out', out], 60_000)
   assert.equal(res.code, 0, `harness failed:\n${res.stderr}\n${res.stdout}`)
 
   // the table: its header, one line per row with numbers (not n/a), and where the JSON went
-  assert.match(res.stdout, /^row\s+req\/s\s+p50 ms\s+p99 ms\s+× direct/m)
+  assert.match(res.stdout, /^row\s+req\/s\s+p50 ms\s+p99 ms\s+× direct.*redis cmd\/req\s+redis rt\/req\s+redis CPU µs\/req\s+errors$/m)
   assert.match(res.stdout, /^pinning: /m)
   assert.match(res.stdout, /^direct\s+[\d,]+\s/m)
   assert.match(res.stdout, /^passthrough\s+[\d,]+\s/m, `passthrough did not run:\n${res.stdout}\n${res.stderr}`)
+  assert.match(res.stdout, /^rateLimit\s+[\d,]+\s/m, `rateLimit did not run:\n${res.stdout}\n${res.stderr}`)
   assert.match(res.stdout, /results: /)
 
   assert.ok(existsSync(out), 'the JSON results file is written')
   const json = JSON.parse(readFileSync(out, 'utf8')) as {
     meta: { rounds: number, durationS: number, connections: number, rows: string[] }
-    rows: Array<{ name: string, status: string, reason: string | null, rounds: Array<{ rps: number, completed: number, cpuUsPerReq: number | null, rssPeakMb: number | null, errors: number }>, summary: { rps: number, ratioDirect: number[] } | null }>
+    rows: Array<{ name: string, status: string, reason: string | null, rounds: Array<{ rps: number, completed: number, cpuUsPerReq: number | null, rssPeakMb: number | null, errors: number, redis: { cmdsPerReq: number, cpuUsPerReq: number } }>, summary: { rps: number, ratioDirect: number[] } | null }>
   }
-  assert.deepEqual(json.meta.rows, ['direct', 'passthrough'])
+  assert.deepEqual(json.meta.rows, ['direct', 'passthrough', 'rateLimit'])
   assert.equal(json.meta.rounds, 1)
   assert.equal(json.meta.connections, 10)
-  for (const name of ['direct', 'passthrough']) {
+  for (const name of ['direct', 'passthrough', 'rateLimit']) {
     const row = json.rows.find((r) => r.name === name)
     assert.ok(row !== undefined, `${name} is in the JSON`)
     assert.equal(row.status, 'ok', `${name}: ${row.reason ?? ''}`)
@@ -61,6 +62,10 @@ test('bench harness: one short round of direct and passthrough gives the table a
     assert.equal(r.errors, 0, `${name} answered without errors`)
     assert.ok(r.rssPeakMb !== null && r.rssPeakMb > 0, `${name} has a peak RSS`)
     assert.ok(row.summary !== null && row.summary.ratioDirect.length === 1)
+    // Redis's own CPU is counted: the rate-limited row spends some, a row that never touches Redis next to none
+    if (name === 'rateLimit') {
+      assert.ok(r.redis.cmdsPerReq > 0 && r.redis.cpuUsPerReq > 0, `rateLimit: Redis commands and CPU per request: ${JSON.stringify(r.redis)}`)
+    } else assert.equal(r.redis.cmdsPerReq, 0, `${name} sends no Redis command`)
   }
 
   // comparing the file with itself: every row, no change

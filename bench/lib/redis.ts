@@ -14,6 +14,8 @@ export interface RedisCounters {
   /** read events on client sockets: one per round trip, however many pipelined commands it carried */
   reads: number
   byCommand: Record<string, number>
+  /** redis-server's own CPU time (user + system, all its threads), µs */
+  cpuUs: number
 }
 
 export interface BenchRedis {
@@ -34,6 +36,7 @@ export function parseInfo (info: string): RedisCounters {
   let commands = 0
   let scripts = 0
   let reads = 0
+  let cpuUs = 0
   for (const line of info.split('\n')) {
     const cmd = /^cmdstat_([^:]+):calls=(\d+)/.exec(line)
     if (cmd !== null) {
@@ -46,9 +49,12 @@ export function parseInfo (info: string): RedisCounters {
       continue
     }
     const r = /^total_reads_processed:(\d+)/.exec(line)
-    if (r !== null) reads = Number(r[1])
+    if (r !== null) { reads = Number(r[1]); continue }
+    // seconds with six decimals; the *_main_thread and *_children lines are not counted
+    const cpu = /^used_cpu_(?:sys|user):([\d.]+)\s*$/.exec(line)
+    if (cpu !== null) cpuUs += Math.round(Number(cpu[1]) * 1e6)
   }
-  return { commands, scripts, reads, byCommand }
+  return { commands, scripts, reads, byCommand, cpuUs }
 }
 
 /** after − before; `reads` leaves out the harness's own INFO call */
@@ -63,6 +69,7 @@ export function diffCounters (before: RedisCounters, after: RedisCounters): Redi
     scripts: after.scripts - before.scripts,
     reads: Math.max(0, after.reads - before.reads - 1),
     byCommand,
+    cpuUs: Math.max(0, after.cpuUs - before.cpuUs),
   }
 }
 
