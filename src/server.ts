@@ -44,7 +44,7 @@ export const STDOUT_BATCH = 64 * 1024
  * (src/log-destination.ts). Each batch is one write handed to the thread pool, and on these machines a write costs
  * far more than its bytes: 4 KiB batches spent about 5% of the gateway's CPU on the bench's `full` row, 64 Ki
  * batches won 3-7% of its requests/s (bench/README.md). A crash that skips the exit handler (SIGKILL, out of
- * memory) can lose one batch, and lines are never held more than a second.
+ * memory) can lose one batch; what waits is written at least every second.
  * Cluster workers share one stdout pipe, where only writes up to PIPE_BUF (4096 bytes on Linux) are atomic: their
  * batches stay within 4096 bytes, cut at line ends, so that one batch never splits another worker's line.
  */

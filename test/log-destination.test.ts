@@ -56,7 +56,7 @@ test('the gateway\'s stdout batch: 64 Ki characters wait as one batch and go out
   const lineOf = (i: number): string => JSON.stringify({ i, path: `/items/${i}?q=é€`, pad: 'x'.repeat(280) }) + '\n'
   let chars = 0
   let i = 0
-  for (; chars + lineOf(i).length < STDOUT_BATCH; i++) { dest.write(lineOf(i)); chars += lineOf(i).length }
+  for (let next = lineOf(i); chars + next.length < STDOUT_BATCH; next = lineOf(++i)) { dest.write(next); chars += next.length }
   await new Promise((resolve) => setTimeout(resolve, 50))
   assert.equal(size(), 0, `${i} lines (${chars} characters) under the batch size wait`)
   // the line that crosses the batch size sends the batch, itself included; the next one waits for the next batch
