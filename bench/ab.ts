@@ -65,9 +65,10 @@ export async function runAb (opts: AbOptions, thisDist: string): Promise<AbRow[]
       const [nameA, nameB] = spec.includes(':') ? spec.split(':') as [string, string] : [spec, spec]
       const rowA = rowsByName([nameA])[0] as RowDef
       const rowB = rowsByName([nameB])[0] as RowDef
-      // the baseline (a process of its own, not a build of the gateway) may stand on either side, e.g. full:baseline
-      if (rowA.kind === 'upstream' || rowB.kind === 'upstream' || (rowA.kind === 'baseline' && rowB.kind === 'baseline')) {
-        out.push({ row: spec, status: 'n/a', reason: 'gateway rows, or one gateway row against baseline' })
+      // a reference (baseline, floor: a process of its own, not a build of the gateway) may stand on either side,
+      // e.g. full:baseline; the same reference on both sides would be one program against itself
+      if (rowA.kind === 'upstream' || rowB.kind === 'upstream' || (rowA.kind === 'reference' && rowA === rowB)) {
+        out.push({ row: spec, status: 'n/a', reason: 'gateway rows, or a row against a reference (baseline, floor)' })
         continue
       }
       const orders: NonNullable<AbRow['orders']> = []

@@ -215,11 +215,12 @@ export async function startServer (row: RowDef, infra: Infra, profile: { dir: st
     return { child: infra.upstream, base: infra.upstreamUrl, logFile: null, spec: null }
   }
   const port = await freePort()
-  if (row.kind === 'baseline') {
+  if (row.kind === 'reference') {
+    // always this build's: a reference does not change with the gateway
     const child = spawnChild({
-      name: 'baseline',
+      name: row.name,
       command: process.execPath,
-      args: nodeArgs(join(DIST, 'bench', 'baseline.js'), profile),
+      args: nodeArgs(join(DIST, 'bench', row.script ?? `${row.name}.js`), profile),
       env: baseEnv({ PORT: String(port), UPSTREAM_URL: infra.upstreamUrl }),
       core: infra.pinning.server,
     })
@@ -229,7 +230,7 @@ export async function startServer (row: RowDef, infra: Infra, profile: { dir: st
     } catch (err) {
       await child.stop(2000)
       const missing = /missing: (.*)/.exec(child.tail())
-      throw new NotAvailable(missing !== null ? missing[1] as string : `baseline did not start: ${lastLines(child.tail(), 3) || (err as Error).message}`)
+      throw new NotAvailable(missing !== null ? missing[1] as string : `${row.name} did not start: ${lastLines(child.tail(), 3) || (err as Error).message}`)
     }
     return { child, base, logFile: null, spec: null }
   }

@@ -11,7 +11,8 @@ import type { LoadSpec } from './lib/load.js'
 import { sleep } from './lib/procs.js'
 import { BODY_BYTES } from './lib/body.js'
 
-export type RowKind = 'upstream' | 'baseline' | 'gateway'
+/** upstream: the upstream itself; reference: a process of its own (bench/<script>), not a build of the gateway */
+export type RowKind = 'upstream' | 'reference' | 'gateway'
 
 export interface RowContext {
   /** http://127.0.0.1:<port> of the process under test */
@@ -31,6 +32,10 @@ export interface RowDef {
   name: string
   kind: RowKind
   describe: string
+  /** a reference row's program, in dist/bench/ */
+  script?: string
+  /** left out of the default list: run when named (--rows floor) */
+  optional?: boolean
   /** extra gateway environment; throw NotAvailable when the build cannot run this row */
   env?: (f: Features) => Record<string, string>
   /** probe the running server and return the load to send */
@@ -148,10 +153,22 @@ export const ROWS: readonly RowDef[] = [
   },
   {
     name: 'baseline',
-    kind: 'baseline',
+    kind: 'reference',
+    script: 'baseline.js',
     describe: 'Fastify 5 + @fastify/reply-from, plugin defaults (bench/baseline.ts)',
     async prepare (ctx) {
       expectBody(await get(ctx, ITEM), `GET ${ITEM} through the baseline`)
+      return { base: ctx.base, path: ITEM }
+    },
+  },
+  {
+    name: 'floor',
+    kind: 'reference',
+    script: 'floor.js',
+    optional: true,
+    describe: 'the thinnest Fastify 5 proxy: undici dispatch, hijack, raw write, nothing a gateway owes (bench/floor.ts)',
+    async prepare (ctx) {
+      expectBody(await get(ctx, ITEM), `GET ${ITEM} through the floor proxy`)
       return { base: ctx.base, path: ITEM }
     },
   },
@@ -255,4 +272,6 @@ export const ROWS: readonly RowDef[] = [
   },
 ]
 
+/** every row; the default list leaves out the optional ones */
 export const ROW_NAMES = ROWS.map((r) => r.name)
+export const DEFAULT_ROW_NAMES = ROWS.filter((r) => r.optional !== true).map((r) => r.name)

@@ -10,11 +10,11 @@ import { GROWTH_SECTIONS, runGrowth, type GrowthSection } from './growth.js'
 import { installCleanup, killAll, ROOT } from './lib/procs.js'
 import { renderProfile, summarizeProfile } from './profile.js'
 import { loadResult, renderCompare, renderResult } from './report.js'
-import { ROW_NAMES } from './rows.js'
+import { DEFAULT_ROW_NAMES, ROW_NAMES } from './rows.js'
 
 const HELP = `npm run bench -- [options]
 
-  --rows a,b,c        rows to run (default: all): ${ROW_NAMES.join(', ')}
+  --rows a,b,c        rows to run (default: all but floor): ${ROW_NAMES.join(', ')}
   --rounds N          repeat the list of rows N times (default 3); the table shows medians
   --duration S        measured seconds per row (default 5)
   --warmup S          warm-up seconds before each measured run (default 1; 0 = none)
@@ -29,7 +29,8 @@ const HELP = `npm run bench -- [options]
   --ab DIR            A/B: this build against the built checkout in DIR (bench/ab.ts), gateway rows
                       (default: passthrough, apiKey, full, cacheHitL1), alternating slices, both start orders;
                       a row x:y runs row x on this build and row y on DIR (--ab . --rows apiKey:passthrough);
-                      one side may be baseline (--ab . --rows full:baseline)
+                      one side may be a reference: baseline (--ab . --rows full:baseline) or floor, the thinnest
+                      Fastify proxy (--ab . --rows passthrough:floor)
   --slices N          with --ab: alternating slices per start order (default 6; --duration is a slice)
   --no-pin            do not pin processes to cores with taskset
   --help`
@@ -137,7 +138,7 @@ async function main (): Promise<void> {
   }
 
   const profileRow = values.profile
-  const rows = profileRow !== undefined ? [profileRow] : values.rows !== undefined ? values.rows.split(',').map((s) => s.trim()).filter(Boolean) : [...ROW_NAMES]
+  const rows = profileRow !== undefined ? [profileRow] : values.rows !== undefined ? values.rows.split(',').map((s) => s.trim()).filter(Boolean) : [...DEFAULT_ROW_NAMES]
   const profileDir = profileRow !== undefined ? resultsDir : null
   if (profileDir !== null) mkdirSync(profileDir, { recursive: true })
   const result: BenchResult = await runBench({

@@ -28,18 +28,19 @@ async function runHarness (args: string[], limitMs: number): Promise<{ code: num
   })
 }
 
-test('bench harness: one short round of direct, passthrough and rateLimit gives the table and the JSON', { timeout: 90_000 }, async (t) => {
+test('bench harness: one short round of direct, floor, passthrough and rateLimit gives the table and the JSON', { timeout: 90_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'bench-smoke-'))
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   const out = join(dir, 'result.json')
 
-  const res = await runHarness(['--rows', 'direct,passthrough,rateLimit', '--rounds', '1', '--duration', '1', '--warmup', '0', '--connections', '10', '--out', out], 60_000)
+  const res = await runHarness(['--rows', 'direct,floor,passthrough,rateLimit', '--rounds', '1', '--duration', '1', '--warmup', '0', '--connections', '10', '--out', out], 60_000)
   assert.equal(res.code, 0, `harness failed:\n${res.stderr}\n${res.stdout}`)
 
   // the table: its header, one line per row with numbers (not n/a), and where the JSON went
   assert.match(res.stdout, /^row\s+req\/s\s+p50 ms\s+p99 ms\s+× direct.*redis cmd\/req\s+redis rt\/req\s+redis CPU µs\/req\s+errors$/m)
   assert.match(res.stdout, /^pinning: /m)
   assert.match(res.stdout, /^direct\s+[\d,]+\s/m)
+  assert.match(res.stdout, /^floor\s+[\d,]+\s/m, `floor did not run:\n${res.stdout}\n${res.stderr}`)
   assert.match(res.stdout, /^passthrough\s+[\d,]+\s/m, `passthrough did not run:\n${res.stdout}\n${res.stderr}`)
   assert.match(res.stdout, /^rateLimit\s+[\d,]+\s/m, `rateLimit did not run:\n${res.stdout}\n${res.stderr}`)
   assert.match(res.stdout, /results: /)
@@ -49,10 +50,10 @@ test('bench harness: one short round of direct, passthrough and rateLimit gives 
     meta: { rounds: number, durationS: number, connections: number, rows: string[] }
     rows: Array<{ name: string, status: string, reason: string | null, rounds: Array<{ rps: number, completed: number, cpuUsPerReq: number | null, rssPeakMb: number | null, errors: number, redis: { cmdsPerReq: number, cpuUsPerReq: number } }>, summary: { rps: number, ratioDirect: number[] } | null }>
   }
-  assert.deepEqual(json.meta.rows, ['direct', 'passthrough', 'rateLimit'])
+  assert.deepEqual(json.meta.rows, ['direct', 'floor', 'passthrough', 'rateLimit'])
   assert.equal(json.meta.rounds, 1)
   assert.equal(json.meta.connections, 10)
-  for (const name of ['direct', 'passthrough', 'rateLimit']) {
+  for (const name of ['direct', 'floor', 'passthrough', 'rateLimit']) {
     const row = json.rows.find((r) => r.name === name)
     assert.ok(row !== undefined, `${name} is in the JSON`)
     assert.equal(row.status, 'ok', `${name}: ${row.reason ?? ''}`)
@@ -96,8 +97,8 @@ test('bench harness: --ab puts a gateway row against the baseline, both start or
   assert.deepEqual(row.orders?.map((o) => o.firstStarted), ['A', 'B'])
   assert.ok(row.cpuUs !== undefined && row.cpuUs.a > 0 && row.cpuUs.b > 0, 'CPU per request of both processes')
 
-  // two baselines, or the upstream itself, are refused with a reason rather than measured
+  // one reference against itself, or the upstream itself, is refused with a reason rather than measured
   const bad = await runHarness(['--ab', '.', '--rows', 'baseline:baseline', '--slices', '1', '--duration', '0.5', '--warmup', '0', '--out', join(dir, 'bad.json')], 30_000)
   assert.equal(bad.code, 0, bad.stderr)
-  assert.match(bad.stdout, /^baseline:baseline\s+n\/a: gateway rows, or one gateway row against baseline/m)
+  assert.match(bad.stdout, /^baseline:baseline\s+n\/a: gateway rows, or a row against a reference \(baseline, floor\)/m)
 })
