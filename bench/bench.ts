@@ -220,7 +220,7 @@ export async function startServer (row: RowDef, infra: Infra, profile: { dir: st
     const child = spawnChild({
       name: row.name,
       command: process.execPath,
-      args: nodeArgs(join(DIST, 'bench', row.script ?? `${row.name}.js`), profile),
+      args: nodeArgs(join(DIST, 'bench', `${row.name}.js`), profile),
       env: baseEnv({ PORT: String(port), UPSTREAM_URL: infra.upstreamUrl }),
       core: infra.pinning.server,
     })

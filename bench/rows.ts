@@ -11,7 +11,7 @@ import type { LoadSpec } from './lib/load.js'
 import { sleep } from './lib/procs.js'
 import { BODY_BYTES } from './lib/body.js'
 
-/** upstream: the upstream itself; reference: a process of its own (bench/<script>), not a build of the gateway */
+/** upstream: the upstream itself; reference: a process of its own (dist/bench/<name>.js), not a build of the gateway */
 export type RowKind = 'upstream' | 'reference' | 'gateway'
 
 export interface RowContext {
@@ -32,8 +32,6 @@ export interface RowDef {
   name: string
   kind: RowKind
   describe: string
-  /** a reference row's program, in dist/bench/ */
-  script?: string
   /** left out of the default list: run when named (--rows floor) */
   optional?: boolean
   /** extra gateway environment; throw NotAvailable when the build cannot run this row */
@@ -154,7 +152,6 @@ export const ROWS: readonly RowDef[] = [
   {
     name: 'baseline',
     kind: 'reference',
-    script: 'baseline.js',
     describe: 'Fastify 5 + @fastify/reply-from, plugin defaults (bench/baseline.ts)',
     async prepare (ctx) {
       expectBody(await get(ctx, ITEM), `GET ${ITEM} through the baseline`)
@@ -164,7 +161,6 @@ export const ROWS: readonly RowDef[] = [
   {
     name: 'floor',
     kind: 'reference',
-    script: 'floor.js',
     optional: true,
     describe: 'the thinnest Fastify 5 proxy: undici dispatch, hijack, raw write, nothing a gateway owes (bench/floor.ts)',
     async prepare (ctx) {
