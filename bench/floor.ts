@@ -15,7 +15,7 @@ const pool = new Pool(process.env.UPSTREAM_URL ?? 'http://127.0.0.1:9', { connec
 
 class Collect implements Dispatcher.DispatchHandler {
   readonly #chunks: Buffer[] = []
-  #status = 502
+  #status = 0
   #type = 'application/octet-stream'
   constructor (private readonly res: ServerResponse) {}
 
@@ -36,7 +36,10 @@ class Collect implements Dispatcher.DispatchHandler {
     this.res.end(body)
   }
 
-  onResponseError (_c: Dispatcher.DispatchController, err: Error): void {
+  onResponseError (_c: Dispatcher.DispatchController, err: Error): void { this.fail(err) }
+
+  /** an empty 502, or a cut connection once the answer has begun */
+  fail (err: Error): void {
     if (this.res.headersSent) this.res.destroy(err)
     else this.res.writeHead(502, { 'content-length': '0' }).end()
   }
@@ -47,7 +50,7 @@ app.get('/*', (request, reply) => {
   reply.hijack()
   const handler = new Collect(reply.raw)
   // undici refuses some client headers outright (Transfer-Encoding, Upgrade...): a gateway would drop them first
-  try { pool.dispatch({ path: request.url, method: 'GET', headers: request.headers }, handler) } catch (err) { handler.onResponseError(null as unknown as Dispatcher.DispatchController, err as Error) }
+  try { pool.dispatch({ path: request.url, method: 'GET', headers: request.headers }, handler) } catch (err) { handler.fail(err as Error) }
 })
 await app.listen({ port: Number(process.env.PORT ?? '0'), host: '127.0.0.1' })
 process.stdout.write(`listening ${(app.server.address() as { port: number }).port}\n`)
