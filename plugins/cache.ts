@@ -36,6 +36,7 @@ import { GW_ERR_CACHE_ONLY_IF_CACHED, GW_ERR_STORE_UNAVAILABLE } from '../src/er
 import { addVary, type GatewayCompression } from './compress.js'
 import { addRouteHook } from '../src/route-hooks.js'
 import { directWritable, markOnSend } from '../src/direct-reply.js'
+import type { ProxyHandler } from './proxy.js'
 
 export type CacheOutcome = 'HIT' | 'MISS' | 'STALE' | 'BYPASS'
 
@@ -547,8 +548,8 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
       .finally(() => refreshing.delete(e.key))
   }
 
-  function cacheThenProxy (rt: RouteCache, proxy: RouteHandlerMethod): RouteHandlerMethod {
-    return async function cacheThenProxy (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
+  function cacheThenProxy (rt: RouteCache, proxy: ProxyHandler): RouteHandlerMethod {
+    return async function cacheThenProxy (request: FastifyRequest, reply: FastifyReply) {
       const st = begin(request, reply, rt)
       if (st.phase === Phase.Lookup) {
         if (st.revalidate) {
@@ -576,7 +577,8 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
         }
       }
       try {
-        return await proxy.call(this, request, reply)
+        await proxy.forward(request, reply)
+        return reply
       } catch (err) {
         const served = staleOnError(request, reply, st, err)
         if (served !== null) return await served
@@ -883,8 +885,10 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
     const policy = route.config?.gw
     const cache = policy?.cache
     if (policy === undefined || cache === null || cache === undefined || policy.websocket) return
+    const proxy = route.handler as Partial<ProxyHandler>
+    if (typeof proxy.forward !== 'function') throw new Error(`${policy.file} ${policy.id}: a cached route's handler must be the gateway's proxy (app.gwProxy.handlerFor)`)
     const rt = compileRoute(policy, cache)
-    route.handler = cacheThenProxy(rt, route.handler)
+    route.handler = cacheThenProxy(rt, proxy as ProxyHandler)
     // first of the onSend hooks: the upstream's answer before compression or anything else changes it
     addRouteHook(route, 'onSend', cacheStore, 'first')
   })

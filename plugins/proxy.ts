@@ -10,9 +10,11 @@
  * (src/direct-reply.ts); everything else goes through Fastify's onSend. onResponse (metrics, access log) runs
  * either way.
  *
- * One request, one loop: pick a target -> send -> on a connection failure or a retryable status, report the
- * failure to the pool (passive health) and, when the request may go again, pick ANOTHER target, within
- * retry.tries and the upstream's retry budget. What may go again:
+ * The handler is not async: each try is an `exchange()` whose outcome comes back to the request's ProxyCall from
+ * inside undici's callbacks, and the answer is written from there (no promise between the upstream's last byte
+ * and the client's answer). One request, its tries: pick a target -> send -> on a connection failure or a
+ * retryable status, report the failure to the pool (passive health) and, when the request may go again, pick
+ * ANOTHER target (sent on the next tick), within retry.tries and the upstream's retry budget. What may go again:
  * - GET, HEAD, OPTIONS, PUT, DELETE (idempotent, RFC 9110 §9.2.2): after a connection failure (refused, connect
  *   timeout, reset before the answer was read), or an answer whose status is in retry.statuses;
  * - POST, PATCH: only when the connection could not be opened (refused, connect timeout, DNS): then no byte of
@@ -37,12 +39,24 @@ import { compilePath } from '../src/upstream/rewrite.js'
 import { compileForwardHeaders, connectionListed, HOP_BY_HOP } from '../src/upstream/forward-headers.js'
 import { clientFault, codeOf, CONNECT_FAILURES, CONNECTION_FAILURES, noHealthyTarget, UPSTREAM_TIMEOUT, upstreamError } from '../src/upstream/failures.js'
 import { upstreamCa } from '../src/upstream/target.js'
-import { Deadline, exchange, type Exchange } from '../src/upstream/exchange.js'
+import { Deadline, exchange, type Exchange, type ExchangeSink } from '../src/upstream/exchange.js'
 import { directWritable, writeDirect } from '../src/direct-reply.js'
 import { GW_ERR_BAD_PATH, GW_ERR_BAD_REQUEST, GW_ERR_BODY_TOO_LARGE } from '../src/errors.js'
 
+/**
+ * A declared route's handler. Fastify calls it as is: it returns at once, and the answer (or the error, through
+ * Fastify's error handler) follows from undici's callbacks. A handler that wraps it (the cache) calls `forward`.
+ */
+export type ProxyHandler = RouteHandlerMethod & {
+  /**
+   * The same proxying for a wrapping handler: resolves once the answer is handed to the reply (written, or sent
+   * into Fastify's onSend), rejects with the error instead of answering it.
+   */
+  forward (request: FastifyRequest, reply: FastifyReply): Promise<void>
+}
+
 export interface GatewayProxy {
-  handlerFor (policy: RoutePolicy): RouteHandlerMethod
+  handlerFor (policy: RoutePolicy): ProxyHandler
   readonly upstreams: ReadonlyMap<string, UpstreamPool>
   /**
    * Writes a whole answer straight to the socket (src/direct-reply.ts), with `Connection: close` while the
@@ -101,6 +115,151 @@ async function collect (stream: Readable, length: number): Promise<Buffer> {
   return chunks.length === 1 ? chunks[0] as Buffer : Buffer.concat(chunks, seen)
 }
 
+/** Where a wrapping handler (ProxyHandler.forward) learns how the proxying ended; null: the proxy answers itself. */
+interface Outcome {
+  resolve (): void
+  reject (err: unknown): void
+}
+
+/**
+ * A failure: to the wrapping handler, or to Fastify's error handler (problem+json), as a rejected async handler's
+ * would go (fastify/lib/wrap-thenable.js).
+ */
+function fail (reply: FastifyReply, outcome: Outcome | null, err: unknown): void {
+  if (outcome !== null) outcome.reject(err)
+  else if (reply.sent) reply.log.error({ err }, 'proxy failed after the answer was sent')
+  else reply.send(err instanceof Error ? err : new Error(String(err)))
+}
+
+interface ProxyRoute {
+  readonly upstream: UpstreamPool
+  readonly statuses: ReadonlySet<number>
+  copyHeaders (reply: FastifyReply, h: IncomingHttpHeaders, keepLength: boolean): void
+  deliverBuffered (request: FastifyRequest, reply: FastifyReply, status: number, buf: Buffer): void
+}
+
+function resend (call: ProxyCall): void { call.send() }
+function destroyStream (stream: Readable): void { stream.destroy() }
+
+/**
+ * One proxied request: its tries, one at a time, each an `exchange()` whose outcome comes back here
+ * (`answered` / `failed`) from inside undici's callbacks. A retry is sent on the next tick, outside them.
+ */
+class ProxyCall implements ExchangeSink {
+  attempt = 0
+  /** bit set of the targets tried */
+  tried = 0
+
+  constructor (
+    readonly route: ProxyRoute,
+    readonly request: FastifyRequest,
+    readonly reply: FastifyReply,
+    public target: Target,
+    readonly path: string,
+    readonly headers: IncomingHttpHeaders,
+    readonly body: Dispatcher.DispatchOptions['body'],
+    readonly tries: number,
+    readonly idempotent: boolean,
+    readonly deadline: Deadline | undefined,
+    readonly outcome: Outcome | null,
+  ) {}
+
+  send (): void {
+    const { target, request } = this
+    this.attempt++
+    this.tried |= target.bit
+    request.gwTarget = target.url
+    request.gwUpstreamAt = performance.now()
+    target.inflight++
+    exchange(target.pool, {
+      path: target.basePath + this.path,
+      method: request.method as Dispatcher.HttpMethod,
+      headers: this.headers,
+      body: this.body,
+    }, BUFFER_LIMIT, this.deadline, this)
+  }
+
+  failed (err: unknown): void {
+    const { target, deadline, request } = this
+    const upstream = this.route.upstream
+    target.inflight--
+    const cause = deadline?.expired === true ? deadline.reason : err
+    const code = codeOf(cause)
+    if (clientFault(code, request.raw)) {
+      upstream.release(target)
+    } else {
+      upstream.report(target, code)
+      if (this.attempt < this.tries && (this.idempotent ? CONNECTION_FAILURES : CONNECT_FAILURES).has(code)) {
+        const next = upstream.retryTarget(request, this.tried)
+        if (next !== null) {
+          this.target = next
+          process.nextTick(resend, this)
+          return
+        }
+      }
+    }
+    deadline?.clear()
+    fail(this.reply, this.outcome, upstreamError(cause, upstream.name))
+  }
+
+  answered (res: Exchange): void {
+    try {
+      if (this.deliver(res)) this.outcome?.resolve()
+    } catch (err) {
+      // a header the client's side refuses, say: the error handler answers, as for any handler that throws
+      fail(this.reply, this.outcome, err)
+    }
+  }
+
+  /** Hands the answer to the reply (true), or sends the request again (false). */
+  deliver (res: Exchange): boolean {
+    const { request, reply, target, deadline, route } = this
+    const upstream = route.upstream
+    request.gwUpstreamMs = performance.now() - request.gwUpstreamAt
+    const status = res.statusCode
+
+    if (status >= 500 && this.idempotent && this.attempt < this.tries && route.statuses.has(status)) {
+      const next = upstream.retryTarget(request, this.tried)
+      if (next !== null) {
+        // not from inside undici's callback: the stream's end aborts the upstream request
+        if (res.stream !== null) process.nextTick(destroyStream, res.stream)
+        target.inflight--
+        upstream.report(target, `status ${status}`)
+        this.target = next
+        process.nextTick(resend, this)
+        return false
+      }
+    }
+
+    const h = res.headers
+    const stream = res.stream
+    if (stream !== null) {
+      // streamed: the timer, the in-flight count and the target's outcome end with the body
+      stream.once('close', function streamedAnswerEnded () {
+        deadline?.clear()
+        target.inflight--
+        // a client that went away destroys the stream without an error: not the target's fault
+        upstream.report(target, status >= 500 ? `status ${status}` : stream.errored != null ? codeOf(stream.errored) : null)
+      })
+      reply.code(status)
+      route.copyHeaders(reply, h, true)
+      reply.send(stream)
+      return true
+    }
+    const buf = res.body as Buffer
+    deadline?.clear()
+    target.inflight--
+    upstream.report(target, status >= 500 ? `status ${status}` : null)
+    reply.code(status)
+    // HEAD keeps the upstream's Content-Length (RFC 9110 §9.3.2); a buffered body gets Fastify's own
+    const head = request.method === 'HEAD'
+    route.copyHeaders(reply, h, head)
+    if (head) reply.send()
+    else route.deliverBuffered(request, reply, status, buf)
+    return true
+  }
+}
+
 async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, declarations: Declarations }): Promise<void> {
   const { config, declarations } = opts
   const ca = upstreamCa(config)
@@ -118,7 +277,7 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
     stats.directWrites++
   }
 
-  function handlerFor (policy: RoutePolicy): RouteHandlerMethod {
+  function handlerFor (policy: RoutePolicy): ProxyHandler {
     // decorated by gw-compress, which may load after this plugin; handlers are made once every plugin is in
     const gz = app.hasDecorator('gwCompress') ? app.gwCompress : undefined
     const upstream = upstreams.get(policy.upstream) as UpstreamPool
@@ -154,108 +313,59 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
       }
     }
 
-    return async function proxy (request, reply) {
+    /** The route's part of a ProxyCall: what every request of this route shares. */
+    const route: ProxyRoute = { upstream, statuses, copyHeaders, deliverBuffered }
+
+    /** A buffered answer (status and headers are on the reply): straight to the socket when nothing objects. */
+    function deliverBuffered (request: FastifyRequest, reply: FastifyReply, status: number, buf: Buffer): void {
+      if (directWritable(request, reply, status)) {
+        const coding = gz === undefined ? 'untouched' : gz.decide(request, reply, buf.length)
+        if (coding === 'untouched' || coding === 'vary') {
+          if (coding === 'vary') gz?.varyOnEncoding(reply)
+          sendDirect(reply, status, buf)
+          return
+        }
+      }
+      reply.send(buf)
+    }
+
+    /** The first try; throws what Fastify's error handler should answer (no usable target). */
+    function begin (request: FastifyRequest, reply: FastifyReply, path: string, headers: IncomingHttpHeaders, body: Dispatcher.DispatchOptions['body'], outcome: Outcome | null): void {
+      const target = upstream.pick(request, 0)
+      if (target === null) throw noHealthyTarget(upstream)
+      const idempotent = IDEMPOTENT.has(request.method)
+      const replayable = body === null || typeof body === 'string' || Buffer.isBuffer(body)
+      upstream.budget?.deposit()
+      const deadline = responseMs > 0 ? new Deadline(responseMs, UPSTREAM_TIMEOUT) : undefined
+      new ProxyCall(route, request, reply, target, path, headers, body, replayable ? maxTries : 1, idempotent, deadline, outcome).send()
+    }
+
+    /** Starts proxying one request; throws what fails before the first try. */
+    function run (request: FastifyRequest, reply: FastifyReply, outcome: Outcome | null): void {
       const path = pathFor(request)
       if (path === null) throw new GW_ERR_BAD_PATH()
       const headers = forwardHeaders(request)
-      let body = requestBody(request, headers)
+      const body = requestBody(request, headers)
       if (maxTries > 1 && body instanceof Readable && body === request.body) {
         const length = Number(headers['content-length'])
         if (length <= BUFFER_LIMIT) {
-          body = await collect(body, length)
-          headers['content-length'] = String(body.length)
+          // read first, so that a retry can send it again
+          collect(body, length).then((buf) => {
+            headers['content-length'] = String(buf.length)
+            try { begin(request, reply, path, headers, buf, outcome) } catch (err) { fail(reply, outcome, err) }
+          }, (err: unknown) => { fail(reply, outcome, err) })
+          return
         }
       }
-      let target = upstream.pick(request, 0)
-      if (target === null) throw noHealthyTarget(upstream)
-
-      const idempotent = IDEMPOTENT.has(request.method)
-      const replayable = body === null || typeof body === 'string' || Buffer.isBuffer(body)
-      const tries = replayable ? maxTries : 1
-      const retryOn = idempotent ? CONNECTION_FAILURES : CONNECT_FAILURES
-      upstream.budget?.deposit()
-      const deadline = responseMs > 0 ? new Deadline(responseMs, UPSTREAM_TIMEOUT) : undefined
-      let tried = 0
-
-      for (let attempt = 1; ; attempt++) {
-        tried |= target.bit
-        request.gwTarget = target.url
-        request.gwUpstreamAt = performance.now()
-        target.inflight++
-        let res: Exchange
-        try {
-          res = await exchange(target.pool, {
-            path: target.basePath + path,
-            method: request.method as Dispatcher.HttpMethod,
-            headers,
-            body,
-          }, BUFFER_LIMIT, deadline)
-        } catch (err) {
-          target.inflight--
-          const cause = deadline?.expired === true ? deadline.reason : err
-          const code = codeOf(cause)
-          if (clientFault(code, request.raw)) {
-            upstream.release(target)
-            deadline?.clear()
-            throw upstreamError(cause, upstream.name)
-          }
-          upstream.report(target, code)
-          if (attempt < tries && retryOn.has(code)) {
-            const next = upstream.retryTarget(request, tried)
-            if (next !== null) { target = next; continue }
-          }
-          deadline?.clear()
-          throw upstreamError(cause, upstream.name)
-        }
-        request.gwUpstreamMs = performance.now() - request.gwUpstreamAt
-        const status = res.statusCode
-
-        if (status >= 500 && idempotent && attempt < tries && statuses.has(status)) {
-          const next = upstream.retryTarget(request, tried)
-          if (next !== null) {
-            res.stream?.destroy()
-            target.inflight--
-            upstream.report(target, `status ${status}`)
-            target = next
-            continue
-          }
-        }
-
-        const h = res.headers
-        const head = request.method === 'HEAD'
-        const stream = res.stream
-        if (stream !== null) {
-          // streamed: the timer, the in-flight count and the target's outcome end with the body
-          const t = target
-          stream.once('close', function streamedAnswerEnded () {
-            deadline?.clear()
-            t.inflight--
-            // a client that went away destroys the stream without an error: not the target's fault
-            upstream.report(t, status >= 500 ? `status ${status}` : stream.errored != null ? codeOf(stream.errored) : null)
-          })
-          reply.code(status)
-          copyHeaders(reply, h, true)
-          return reply.send(stream)
-        }
-        const buf = res.body as Buffer
-        deadline?.clear()
-        target.inflight--
-        upstream.report(target, status >= 500 ? `status ${status}` : null)
-        reply.code(status)
-        // HEAD keeps the upstream's Content-Length (RFC 9110 §9.3.2); a buffered body gets Fastify's own
-        copyHeaders(reply, h, head)
-        if (head) return reply.send()
-        if (directWritable(request, reply, status)) {
-          const coding = gz === undefined ? 'untouched' : gz.decide(request, reply, buf.length)
-          if (coding === 'untouched' || coding === 'vary') {
-            if (coding === 'vary') gz?.varyOnEncoding(reply)
-            sendDirect(reply, status, buf)
-            return reply
-          }
-        }
-        return reply.send(buf)
-      }
+      begin(request, reply, path, headers, body, outcome)
     }
+
+    // not async: the answer is written from undici's callbacks (ProxyCall), with no promise on the way
+    const proxy = function proxy (request: FastifyRequest, reply: FastifyReply): void { run(request, reply, null) } as ProxyHandler
+    proxy.forward = async function forward (request, reply) {
+      await new Promise<void>((resolve, reject) => { run(request, reply, { resolve, reject }) })
+    }
+    return proxy
   }
 
   app.decorate('gwProxy', { handlerFor, upstreams, writeDirect: sendDirect, stats })

@@ -10,7 +10,7 @@ import type { ServerResponse } from 'node:http'
 import { defineRoutes, defineUpstream, type UpstreamDeclaration } from '../src/declare.js'
 import { build } from './helper.js'
 import { startUpstream, type Upstream } from './helpers/upstream.js'
-import { ADMIN_TOKEN, named, upstreamState } from './helpers/upstream-tools.js'
+import { ADMIN_TOKEN, named, until, upstreamState } from './helpers/upstream-tools.js'
 
 function declare (upstream: Omit<UpstreamDeclaration, 'name'>) {
   return [
@@ -40,6 +40,31 @@ test('GET, HEAD, OPTIONS, PUT, DELETE are retried on another target after a retr
   // round-robin: every second request met the bad target first, then went to the good one
   assert.equal(bad.hits, 10)
   assert.equal(good.hits, 20)
+})
+
+test('a retryable status with a body too large to hold is dropped mid-stream and the request goes to the next target', async (t) => {
+  // over the proxy's 256 KiB buffer, so the 503's body streams: the retry must end that stream and its request
+  const big = Buffer.alloc(1024 * 1024, 'x')
+  let closed = 0
+  const bad = await startUpstream(t, (_req, res) => {
+    res.on('close', () => { closed++ })
+    res.writeHead(503, { 'content-type': 'text/plain', 'content-length': big.length })
+    res.end(big)
+  })
+  const good = await startUpstream(t, named('good'))
+  const app = await build(t, { env: { ADMIN_TOKEN }, declare: declare({ targets: [bad.url, good.url], passive: false, retry: { tries: 2, budget: 1 } }) })
+  for (let i = 0; i < 4; i++) {
+    const res = await app.inject('/api/thing')
+    assert.equal(res.statusCode, 200, res.body)
+    assert.equal(res.json().target, 'good')
+  }
+  assert.equal(bad.hits, 2)
+  assert.equal(good.hits, 4)
+  // 1 MiB does not fit in the sockets' buffers: only an aborted request lets the bad target's answer end
+  await until("the bad target's answers to end", () => closed === 2)
+  // nothing of the dropped answers is still counted in flight
+  const state = await upstreamState(app, 'svc')
+  assert.deepEqual(state.targets.map((target) => target.inflight), [0, 0])
 })
 
 test('GET is retried after a refused connection and a reset; the client sees no error', async (t) => {

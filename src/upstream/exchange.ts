@@ -1,9 +1,14 @@
 /**
  * One request to one target, through undici's `dispatch()` with a small handler instead of its `request()` API:
- * no BodyReadable, no AsyncResource hop per callback, no promise per chunk. A small answer (a Content-Length up to
- * `bufferLimit`, or no body: HEAD, 204, 304) is collected and resolves once complete, as one Buffer; anything else
- * resolves at its headers with a Readable that streams it, with backpressure (pause/resume of the socket) and the
- * upstream request aborted when the reader goes away.
+ * no BodyReadable, no AsyncResource hop per callback, no promise at all. A small answer (a Content-Length up to
+ * `bufferLimit`, or no body: HEAD, 204, 304) is collected and handed over once complete, as one Buffer; anything
+ * else is handed over at its headers with a Readable that streams it, with backpressure (pause/resume of the
+ * socket) and the upstream request aborted when the reader goes away.
+ *
+ * The outcome goes to an `ExchangeSink`, called back exactly once from inside undici's own callbacks (or from
+ * `exchange()` itself when undici refuses the request outright): no promise, no microtask between the upstream's
+ * last byte and the answer's write (`--ab` on passthrough: see bench/README.md, seventh session). A sink must not
+ * throw, and must not dispatch to the same pool from inside the callback (plugins/proxy.ts defers its retries).
  *
  * The whole-response timeout is a `Deadline` the caller arms once per request (a plain timer that aborts the try
  * in flight) rather than an AbortController: no EventTarget, no listener per try.
@@ -19,6 +24,14 @@ export interface Exchange {
   body: Buffer | null
   /** the body as a stream, when it was not */
   stream: Readable | null
+}
+
+/** Where one exchange's outcome goes: exactly one of the two is called, once. */
+export interface ExchangeSink {
+  /** the answer: whole (`body`) once complete, or at its headers (`stream`) */
+  answered (e: Exchange): void
+  /** no answer: the connection failed, the upstream broke or was aborted before the answer was handed over */
+  failed (err: unknown): void
 }
 
 type Controller = Dispatcher.DispatchController
@@ -66,8 +79,7 @@ class ExchangeHandler implements Dispatcher.DispatchHandler {
     private readonly bufferLimit: number,
     private readonly head: boolean,
     private readonly deadline: Deadline | undefined,
-    private readonly resolve: (e: Exchange) => void,
-    private readonly reject: (err: unknown) => void,
+    private readonly sink: ExchangeSink,
   ) {}
 
   onRequestStart (controller: Controller): void {
@@ -76,7 +88,7 @@ class ExchangeHandler implements Dispatcher.DispatchHandler {
     if (d !== undefined && d.expired) controller.abort(d.reason)
   }
 
-  /** stops the exchange: before the answer it rejects, during a streamed body it destroys the stream */
+  /** stops the exchange: before the answer it fails, during a streamed body it destroys the stream */
   abort (reason: Error): void {
     if (this.finished) return
     const c = this.controller
@@ -103,7 +115,7 @@ class ExchangeHandler implements Dispatcher.DispatchHandler {
     })
     this.stream = stream
     this.settled = true
-    this.resolve({ statusCode, headers: this.headers, body: null, stream })
+    this.sink.answered({ statusCode, headers: this.headers, body: null, stream })
   }
 
   onResponseData (controller: Controller, chunk: Buffer): void {
@@ -117,7 +129,7 @@ class ExchangeHandler implements Dispatcher.DispatchHandler {
       const c = this.chunks
       const body = c.length === 0 ? EMPTY : c.length === 1 ? c[0] as Buffer : Buffer.concat(c, this.size)
       this.settled = true
-      this.resolve({ statusCode: this.statusCode, headers: this.headers, body, stream: null })
+      this.sink.answered({ statusCode: this.statusCode, headers: this.headers, body, stream: null })
       return
     }
     this.stream?.push(null)
@@ -125,15 +137,20 @@ class ExchangeHandler implements Dispatcher.DispatchHandler {
 
   onResponseError (_controller: Controller, err: Error): void {
     this.finished = true
-    if (!this.settled) { this.settled = true; this.reject(err); return }
+    if (!this.settled) { this.settled = true; this.sink.failed(err); return }
     if (this.stream !== null && !this.stream.destroyed) this.stream.destroy(err)
+  }
+
+  /** undici refused the request before taking it (an invalid header, a closed pool) */
+  refused (err: unknown): void {
+    this.finished = true
+    if (!this.settled) { this.settled = true; this.sink.failed(err) }
   }
 }
 
-export async function exchange (dispatcher: Dispatcher, opts: Dispatcher.DispatchOptions, bufferLimit: number, deadline?: Deadline): Promise<Exchange> {
-  return await new Promise<Exchange>((resolve, reject) => {
-    const handler = new ExchangeHandler(bufferLimit, opts.method === 'HEAD', deadline, resolve, reject)
-    deadline?.attach(handler)
-    try { dispatcher.dispatch(opts, handler) } catch (err) { reject(err) }
-  })
+/** Sends one request to `dispatcher`; its outcome goes to `sink` (see ExchangeSink). */
+export function exchange (dispatcher: Dispatcher, opts: Dispatcher.DispatchOptions, bufferLimit: number, deadline: Deadline | undefined, sink: ExchangeSink): void {
+  const handler = new ExchangeHandler(bufferLimit, opts.method === 'HEAD', deadline, sink)
+  deadline?.attach(handler)
+  try { dispatcher.dispatch(opts, handler) } catch (err) { handler.refused(err) }
 }
