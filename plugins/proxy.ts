@@ -31,7 +31,7 @@ import { performance } from 'node:perf_hooks'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
 import type { IncomingHttpHeaders } from 'node:http'
 import { Readable } from 'node:stream'
-import type { Dispatcher } from 'undici'
+import type { RequestOptions } from '../src/upstream/http1-pool.js'
 import type { GatewayConfig } from '../src/config.js'
 import type { Declarations, RoutePolicy } from '../src/policy.js'
 import { UpstreamPool, type Target } from '../src/upstream/pool.js'
@@ -157,7 +157,7 @@ class ProxyCall implements ExchangeSink {
     public target: Target,
     readonly path: string,
     readonly headers: IncomingHttpHeaders,
-    readonly body: Dispatcher.DispatchOptions['body'],
+    readonly body: RequestOptions['body'],
     readonly tries: number,
     readonly idempotent: boolean,
     readonly deadline: Deadline | undefined,
@@ -173,7 +173,7 @@ class ProxyCall implements ExchangeSink {
     target.inflight++
     exchange(target.pool, {
       path: target.basePath + this.path,
-      method: request.method as Dispatcher.HttpMethod,
+      method: request.method,
       headers: this.headers,
       body: this.body,
     }, BUFFER_LIMIT, this.deadline, this)
@@ -289,7 +289,7 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
     const statuses = retry?.statuses ?? new Set<number>()
     const maxTries = retry === null ? 1 : retry.tries
 
-    function requestBody (request: FastifyRequest, headers: IncomingHttpHeaders): Dispatcher.DispatchOptions['body'] {
+    function requestBody (request: FastifyRequest, headers: IncomingHttpHeaders): RequestOptions['body'] {
       if (request.rawBody !== undefined) return request.rawBody
       const body = request.body
       if (body === undefined || body === null) {
@@ -330,7 +330,7 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
     }
 
     /** The first try; throws what Fastify's error handler should answer (no usable target). */
-    function begin (request: FastifyRequest, reply: FastifyReply, path: string, headers: IncomingHttpHeaders, body: Dispatcher.DispatchOptions['body'], outcome: Outcome | null): void {
+    function begin (request: FastifyRequest, reply: FastifyReply, path: string, headers: IncomingHttpHeaders, body: RequestOptions['body'], outcome: Outcome | null): void {
       const target = upstream.pick(request, 0)
       if (target === null) throw noHealthyTarget(upstream)
       const idempotent = IDEMPOTENT.has(request.method)

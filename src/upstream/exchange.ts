@@ -1,21 +1,21 @@
 /**
- * One request to one target, through undici's `dispatch()` with a small handler instead of its `request()` API:
- * no BodyReadable, no AsyncResource hop per callback, no promise at all. A small answer (a Content-Length up to
+ * One request to one target, through the target's Http1Pool (src/upstream/http1-pool.ts) with a small handler:
+ * no stream per answer unless it streams, no promise at all. A small answer (a Content-Length up to
  * `bufferLimit`, or no body: HEAD, 204, 304) is collected and handed over once complete, as one Buffer; anything
- * else is handed over at its headers with a Readable that streams it, with backpressure (pause/resume of the
- * socket) and the upstream request aborted when the reader goes away.
+ * else is handed over at its head with a Readable that streams it, with backpressure (pause/resume of the socket)
+ * and the upstream request aborted when the reader goes away.
  *
- * The outcome goes to an `ExchangeSink`, called back exactly once from inside undici's own callbacks (or from
- * `exchange()` itself when undici refuses the request outright): no promise, no microtask between the upstream's
- * last byte and the answer's write (`--ab` on passthrough: see bench/README.md, seventh session). A sink must not
- * throw, and must not dispatch to the same pool from inside the callback (plugins/proxy.ts defers its retries).
+ * The outcome goes to an `ExchangeSink`, called back exactly once from inside the pool's callbacks (or from
+ * `exchange()` itself when the pool refuses the request outright): no promise, no microtask between the upstream's
+ * last byte and the answer's write. A sink must not throw, and must not dispatch to the same pool from inside the
+ * callback (plugins/proxy.ts defers its retries).
  *
  * The whole-response timeout is a `Deadline` the caller arms once per request (a plain timer that aborts the try
  * in flight) rather than an AbortController: no EventTarget, no listener per try.
  */
 import type { IncomingHttpHeaders } from 'node:http'
 import { Readable } from 'node:stream'
-import type { Dispatcher } from 'undici'
+import type { Http1Pool, RequestController, RequestHandler, RequestOptions } from './http1-pool.js'
 
 export interface Exchange {
   statusCode: number
@@ -34,7 +34,7 @@ export interface ExchangeSink {
   failed (err: unknown): void
 }
 
-type Controller = Dispatcher.DispatchController
+type Controller = RequestController
 
 const EMPTY = Buffer.alloc(0)
 
@@ -64,7 +64,7 @@ export class Deadline {
 
 function expire (d: Deadline): void { d.expire() }
 
-class ExchangeHandler implements Dispatcher.DispatchHandler {
+class ExchangeHandler implements RequestHandler {
   controller: Controller | null = null
   statusCode = 0
   headers: IncomingHttpHeaders = {}
@@ -95,10 +95,10 @@ class ExchangeHandler implements Dispatcher.DispatchHandler {
     if (c !== null && !c.aborted) c.abort(reason)
   }
 
-  onResponseStart (controller: Controller, statusCode: number, headers: Record<string, string | string[]>): void {
+  onResponseStart (controller: Controller, statusCode: number, headers: IncomingHttpHeaders): void {
     if (statusCode < 200) return // 1xx informational: the real answer follows
     this.statusCode = statusCode
-    this.headers = headers as IncomingHttpHeaders
+    this.headers = headers
     const len = headers['content-length']
     if (this.head || statusCode === 204 || statusCode === 304 || (typeof len === 'string' && Number(len) <= this.bufferLimit)) {
       this.chunks = []
@@ -141,7 +141,7 @@ class ExchangeHandler implements Dispatcher.DispatchHandler {
     if (this.stream !== null && !this.stream.destroyed) this.stream.destroy(err)
   }
 
-  /** undici refused the request before taking it (an invalid header, a closed pool) */
+  /** the pool refused the request before taking it (an invalid header, a closed pool) */
   refused (err: unknown): void {
     this.finished = true
     if (!this.settled) { this.settled = true; this.sink.failed(err) }
@@ -149,7 +149,7 @@ class ExchangeHandler implements Dispatcher.DispatchHandler {
 }
 
 /** Sends one request to `dispatcher`; its outcome goes to `sink` (see ExchangeSink). */
-export function exchange (dispatcher: Dispatcher, opts: Dispatcher.DispatchOptions, bufferLimit: number, deadline: Deadline | undefined, sink: ExchangeSink): void {
+export function exchange (dispatcher: Http1Pool, opts: RequestOptions, bufferLimit: number, deadline: Deadline | undefined, sink: ExchangeSink): void {
   const handler = new ExchangeHandler(bufferLimit, opts.method === 'HEAD', deadline, sink)
   deadline?.attach(handler)
   try { dispatcher.dispatch(opts, handler) } catch (err) { handler.refused(err) }

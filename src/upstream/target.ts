@@ -4,10 +4,10 @@
  */
 import { readFileSync } from 'node:fs'
 import { rootCertificates } from 'node:tls'
-import { Pool } from 'undici'
 import type { GatewayConfig } from '../config.js'
 import type { UpstreamPolicy } from '../policy.js'
 import { Circuit, CLOSED, HALF_OPEN } from './circuit.js'
+import { Http1Pool } from './http1-pool.js'
 
 export interface TargetOptions {
   /** CA certificates (PEM) trusted for https targets; undefined = the system ones */
@@ -34,7 +34,8 @@ export class Target {
   /** path of the target URL ("" or "/api"), put before every forwarded path */
   readonly basePath: string
   readonly weight: number
-  readonly pool: Pool
+  /** the proxy's keep-alive connections to this target */
+  readonly pool: Http1Pool
   /** requests (and WebSocket sessions) in flight */
   inflight = 0
   /** active health: false after `unhealthy` failed checks in a row, true again after `healthy` passed ones */
@@ -58,13 +59,12 @@ export class Target {
     this.url = this.origin + this.basePath
     this.weight = weight
     this.circuit = new Circuit(policy.passive)
-    this.pool = new Pool(this.origin, {
+    this.pool = new Http1Pool(this.origin, {
       connections: policy.maxConnections,
-      pipelining: 1,
-      keepAliveTimeout: 4_000,
-      connect: { timeout: policy.timeouts.connectMs, ...(opts.ca !== undefined ? { ca: opts.ca } : {}) },
-      headersTimeout: policy.timeouts.firstByteMs,
-      bodyTimeout: policy.timeouts.firstByteMs,
+      keepAliveMs: 4_000,
+      connectMs: policy.timeouts.connectMs,
+      firstByteMs: policy.timeouts.firstByteMs,
+      ca: opts.ca,
     })
   }
 
