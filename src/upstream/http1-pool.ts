@@ -138,7 +138,7 @@ function keepAliveHint (value: string | string[] | undefined): number | null {
   return m === null ? null : Number(m[1]) * 1000
 }
 
-class Exchange implements RequestController {
+class PoolRequest implements RequestController {
   aborted = false
   paused = false
   /** the answer is complete or failed: nothing more goes to the handler */
@@ -171,7 +171,7 @@ const BODY = 2
 class Connection {
   readonly socket: Socket
   readonly parser: Parser
-  current: Exchange | null = null
+  current: PoolRequest | null = null
   /** HEAD (waiting for the answer's head) or BODY (reading its body), IDLE between requests */
   phase = IDLE
   /** reusable after the answer in progress */
@@ -250,7 +250,7 @@ class Connection {
   }
 
   send (opts: RequestOptions, handler: RequestHandler): void {
-    const ex = new Exchange(this, handler, opts.method === 'HEAD')
+    const ex = new PoolRequest(this, handler, opts.method === 'HEAD')
     this.current = ex
     this.phase = HEAD
     this.armRequestTimer()
@@ -280,7 +280,7 @@ class Connection {
     }
   }
 
-  streamBody (ex: Exchange, body: Readable, chunked: boolean): void {
+  streamBody (ex: PoolRequest, body: Readable, chunked: boolean): void {
     const socket = this.socket
     this.writing = true
     const onData = (chunk: Buffer | string): void => {
@@ -368,7 +368,7 @@ class Connection {
   }
 
   /** the request in flight fails with `err`; the connection is not reused */
-  fail (ex: Exchange, err: Error): void {
+  fail (ex: PoolRequest, err: Error): void {
     if (this.current !== ex || ex.done) return
     this.current = null
     ex.done = true
