@@ -2,16 +2,17 @@
  * gw-proxy: forwards each declared route to a target of its upstream service, and owns the upstream pools
  * (src/upstream/): balancing, active health checks, passive ejection, retries, timeouts.
  *
- * Built on undici's Pool directly rather than @fastify/reply-from: reply-from has no load balancing
- * (fastify-reply-from#208), retries only the same base URL, and its per-request stream machinery is what the
- * benchmarks found most expensive (../shared/PERFORMANCE.md). Here small bodies are buffered and sent as one
+ * Built on an HTTP/1.1 client of its own (src/upstream/http1-pool.ts) rather than @fastify/reply-from: reply-from
+ * has no load balancing (fastify-reply-from#208), retries only the same base URL, and its per-request stream
+ * machinery is what the benchmarks found most expensive (../shared/PERFORMANCE.md); undici's Pool, used before,
+ * took about 1.16× the CPU per request (bench/README.md, seventh session). Here small bodies are buffered and sent as one
  * Buffer (no stream pipeline), large or unknown-length bodies stream. A buffered answer that no onSend hook needs
  * to see (no cache store, no compression for this client, no user hook) is written straight to the socket
  * (src/direct-reply.ts); everything else goes through Fastify's onSend. onResponse (metrics, access log) runs
  * either way.
  *
  * The handler is not async: each try is an `exchange()` whose outcome comes back to the request's ProxyCall from
- * inside undici's callbacks, and the answer is written from there (no promise between the upstream's last byte
+ * inside the upstream client's callbacks (src/upstream/http1-pool.ts), and the answer is written from there (no promise between the upstream's last byte
  * and the client's answer). One request, its tries: pick a target -> send -> on a connection failure or a
  * retryable status, report the failure to the pool (passive health) and, when the request may go again, pick
  * ANOTHER target (sent on the next tick), within retry.tries and the upstream's retry budget. What may go again:
@@ -45,7 +46,7 @@ import { GW_ERR_BAD_PATH, GW_ERR_BAD_REQUEST, GW_ERR_BODY_TOO_LARGE } from '../s
 
 /**
  * A declared route's handler. Fastify calls it as is: it returns at once, and the answer (or the error, through
- * Fastify's error handler) follows from undici's callbacks. A handler that wraps it (the cache) calls `forward`.
+ * Fastify's error handler) follows from the upstream client's callbacks. A handler that wraps it (the cache) calls `forward`.
  */
 export type ProxyHandler = RouteHandlerMethod & {
   /**
@@ -76,7 +77,6 @@ declare module 'fastify' {
 export const BUFFER_LIMIT = 256 * 1024
 
 const RESPONSE_DROP = new Set<string>([...HOP_BY_HOP, 'date'])
-const BODYLESS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE'])
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'])
 
 function countedBody (stream: Readable, limit: number): Readable {
@@ -143,7 +143,7 @@ function destroyStream (stream: Readable): void { stream.destroy() }
 
 /**
  * One proxied request: its tries, one at a time, each an `exchange()` whose outcome comes back here
- * (`answered` / `failed`) from inside undici's callbacks. A retry is sent on the next tick, outside them.
+ * (`answered` / `failed`) from inside the upstream client's callbacks. A retry is sent on the next tick, outside them.
  */
 class ProxyCall implements ExchangeSink {
   attempt = 0
@@ -221,7 +221,7 @@ class ProxyCall implements ExchangeSink {
     if (status >= 500 && this.idempotent && this.attempt < this.tries && route.statuses.has(status)) {
       const next = upstream.retryTarget(request, this.tried)
       if (next !== null) {
-        // not from inside undici's callback: the stream's end aborts the upstream request
+        // not from inside the client's callback: the stream's end aborts the upstream request
         if (res.stream !== null) process.nextTick(destroyStream, res.stream)
         target.inflight--
         upstream.report(target, `status ${status}`)
@@ -292,13 +292,9 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
     function requestBody (request: FastifyRequest, headers: IncomingHttpHeaders): RequestOptions['body'] {
       if (request.rawBody !== undefined) return request.rawBody
       const body = request.body
-      if (body === undefined || body === null) {
-        if (!BODYLESS.has(request.method)) return null
-        delete headers['content-length']
-        return null
-      }
+      // the framing (Content-Length, chunked) is the pool's: it counts a held body itself
+      if (body === undefined || body === null) return null
       if (body instanceof Readable) return headers['content-length'] === undefined ? countedBody(body, bodyLimit) : body
-      delete headers['content-length']
       return typeof body === 'string' || Buffer.isBuffer(body) ? body : JSON.stringify(body)
     }
 
@@ -351,7 +347,6 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
         if (length <= BUFFER_LIMIT) {
           // read first, so that a retry can send it again
           collect(body, length).then((buf) => {
-            headers['content-length'] = String(buf.length)
             try { begin(request, reply, path, headers, buf, outcome) } catch (err) { fail(reply, outcome, err) }
           }, (err: unknown) => { fail(reply, outcome, err) })
           return
@@ -360,7 +355,7 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
       begin(request, reply, path, headers, body, outcome)
     }
 
-    // not async: the answer is written from undici's callbacks (ProxyCall), with no promise on the way
+    // not async: the answer is written from the client's callbacks (ProxyCall), with no promise on the way
     const proxy = function proxy (request: FastifyRequest, reply: FastifyReply): void { run(request, reply, null) } as ProxyHandler
     proxy.forward = async function forward (request, reply) {
       await new Promise<void>((resolve, reject) => { run(request, reply, { resolve, reject }) })

@@ -323,7 +323,7 @@ class Connection {
       if (raw.length === 0) raw = headers
       else for (let i = 0; i < headers.length; i++) raw.push(headers[i] as string)
     }
-    this.rawHeaders = []
+    if (this.rawHeaders.length !== 0) this.rawHeaders = []
     if (ex === null) return 0
     if (upgrade || status === 101) {
       this.failCurrent(failure('the target switched protocols on a proxied request', 'UND_ERR_SOCKET'))
