@@ -3,7 +3,9 @@
  *
  * Only routes whose policy has `auth` get a hook (an onRequest hook added in onRoute); other routes pay nothing.
  * The hot path is synchronous and free of Redis: an API key is parsed (a malformed key never reaches the store),
- * found in a bounded in-process LRU, hashed (SHA-256) and compared in constant time (sameDigest); a JWT is checked
+ * found in a bounded in-process LRU, hashed (SHA-256) and compared in constant time (sameDigest); once a key has
+ * matched, the cached record remembers it in memory and its next requests are compared with it, in constant time
+ * too, without hashing again (the store still holds only hashes); a JWT is checked
  * by a fast-jwt verifier compiled at start (with its cache of verified tokens). The store is only read for a key
  * id not in the cache (one HGETALL, shared by concurrent requests; unknown ids are remembered briefly), and
  * "last used" times are written in batches. Revocations and rotations are published by whoever makes them
@@ -20,7 +22,7 @@ import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
 import { Type } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, onRequestHookHandler, RouteOptions } from 'fastify'
-import type { Client } from '../src/client.js'
+import { makeClient, type Client } from '../src/client.js'
 import type { GatewayConfig } from '../src/config.js'
 import { parseDuration, DURATION_HINT } from '../src/duration.js'
 import {
@@ -30,7 +32,7 @@ import {
 } from '../src/errors.js'
 import { envValue, JwtAuthority, JwtRejected, jwtSettings, type JwtOutcome } from '../src/jwt.js'
 import {
-  digestKey, digestOfHex, expiryOf, KEY_ID, KEY_PREFIX, keyIdOf, KeyRepository, KEYS_CHANNEL, parseChange, sameDigest, SCOPE, viewOf, type KeyRecord, type KeyStatus,
+  CLIENT_ID, digestKey, digestOfHex, expiryOf, KEY_ID, KEY_PREFIX, keyIdAt, keyIdOf, KeyRepository, KEYS_CHANNEL, parseChange, PLAN, sameDigest, SCOPE, viewOf, type KeyRecord, type KeyStatus,
 } from '../src/keys.js'
 import type { Declarations, RoutePolicy } from '../src/policy.js'
 import type { Store } from '../src/store/types.js'
@@ -55,6 +57,12 @@ interface CachedKey {
   fetchedAt: number
   /** read since the eviction sweep last passed it (see ApiKeyCache) */
   used: boolean
+  /**
+   * The key last found to match `hash` (the current secret), in this process's memory only and only while this
+   * record is cached: its next requests are compared with it (in constant time) instead of hashing again.
+   * Dropped with the entry on rotation, revocation or re-read; never logged, never written anywhere.
+   */
+  verified: string | null
 }
 
 /** Why a key was refused; `count`: 0 = not a guess, 1 = counted locally only, 2 = counted across replicas */
@@ -67,7 +75,9 @@ const UNAVAILABLE = new KeyFailure('unavailable', 0)
 
 type KeyOutcome = Client | KeyFailure
 
-function toCached (r: KeyRecord, now: number): CachedKey {
+/** The cached form of a record, or null when the record cannot name a client (a record edited by hand in the store). */
+function toCached (r: KeyRecord, now: number): CachedKey | null {
+  if (!CLIENT_ID.test(r.client)) return null
   return {
     id: r.id,
     hash: digestOfHex(r.hash),
@@ -75,9 +85,11 @@ function toCached (r: KeyRecord, now: number): CachedKey {
     prevUntil: r.prevUntil,
     expiresAt: r.expiresAt,
     revoked: r.revokedAt !== 0,
-    client: Object.freeze({ id: r.client, keyId: r.id, scopes: Object.freeze([...r.scopes]), plan: r.plan, via: 'apiKey' as const }),
+    // what reaches upstreams in X-Client-* headers: printable ASCII only, as the admin API and the CLI make them
+    client: makeClient({ id: r.client, keyId: r.id, scopes: r.scopes.filter((s) => SCOPE.test(s)), plan: r.plan !== null && PLAN.test(r.plan) ? r.plan : null, via: 'apiKey' }),
     fetchedAt: now,
     used: false,
+    verified: null,
   }
 }
 
@@ -171,10 +183,15 @@ class ApiKeyCache {
   }
 
   #check (e: CachedKey, key: string, now: number): KeyOutcome {
-    const h = digestKey(key)
-    const ok = sameDigest(h, e.hash) || (e.prevHash !== null && now < e.prevUntil && sameDigest(h, e.prevHash))
-    // the secret is checked first: revoked or expired is only told to whoever holds the key
-    if (!ok) return INVALID
+    // the key verified before, compared in constant time (sameDigest compares every character); else its hash
+    const v = e.verified
+    if (v === null || !sameDigest(key, v)) {
+      const h = digestKey(key)
+      if (sameDigest(h, e.hash)) e.verified = key
+      // the secret is checked first: revoked or expired is only told to whoever holds the key. A key that is not
+      // even well-formed is counted as malformed (this replica only), as when it misses the cache
+      else if (e.prevHash === null || now >= e.prevUntil || !sameDigest(h, e.prevHash)) return keyIdOf(key) === null ? MALFORMED : INVALID
+    }
     if (e.revoked) return REVOKED
     if (e.expiresAt !== 0 && now >= e.expiresAt) return EXPIRED
     this.used.set(e.id, now)
@@ -182,15 +199,18 @@ class ApiKeyCache {
   }
 
   authenticate (key: string): KeyOutcome | Promise<KeyOutcome> {
-    const id = keyIdOf(key)
-    if (id === null) return MALFORMED
     const now = Date.now()
-    const e = this.#entries.get(id)
+    // a cached id first, without the format's regex: the key's hash decides (#check), and the format is checked
+    // in full for a key that fails there or misses the cache
+    const at = keyIdAt(key)
+    const e = at === null ? undefined : this.#entries.get(at)
     if (e !== undefined) {
       e.used = true
       if (now - e.fetchedAt > this.#ttlMs) this.#refresh(e, now)
       return this.#check(e, key, now)
     }
+    const id = keyIdOf(key)
+    if (id === null) return MALFORMED
     const until = this.#unknown.get(id)
     if (until !== undefined) {
       if (until > now) return INVALID

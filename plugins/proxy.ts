@@ -176,6 +176,8 @@ class ProxyCall implements ExchangeSink {
       method: request.method,
       headers: this.headers,
       body: this.body,
+      // the client's identity headers, prepared and checked once per client (src/client.ts)
+      trustedHead: request.client?.head,
     }, BUFFER_LIMIT, this.deadline, this)
   }
 
@@ -282,7 +284,7 @@ async function gwProxy (app: FastifyInstance, opts: { config: GatewayConfig, dec
     const gz = app.hasDecorator('gwCompress') ? app.gwCompress : undefined
     const upstream = upstreams.get(policy.upstream) as UpstreamPool
     const pathFor = compilePath(policy.rewrite)
-    const forwardHeaders = compileForwardHeaders(policy, trust)
+    const forwardHeaders = compileForwardHeaders(policy, trust, [], false)
     const responseMs = upstream.policy.timeouts.responseMs
     const bodyLimit = policy.bodyLimit ?? config.bodyLimit
     const retry = upstream.policy.retry

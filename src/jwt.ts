@@ -22,7 +22,7 @@ import { VARS, type GatewayConfig } from './config.js'
 import { GW_ERR_CONFIG } from './errors.js'
 import { CLIENT_ID, PLAN, SCOPE } from './keys.js'
 import type { AuthPolicy } from './policy.js'
-import type { Client } from './client.js'
+import { makeClient, type Client } from './client.js'
 
 /** The parsed value of a VARS row without a typed GatewayConfig field (validated by loadConfig already). */
 export function envValue<T> (config: GatewayConfig, name: string): T {
@@ -372,12 +372,12 @@ export class RouteVerifier {
         if (Array.isArray(v)) { scopes = v.filter((x): x is string => typeof x === 'string'); break }
       }
       const plan = s.planClaim === null ? undefined : claimAt(payload, s.planClaim)
-      out = Object.freeze({
+      out = makeClient({
         id,
         keyId: null,
-        via: 'jwt' as const,
+        via: 'jwt',
         // scopes travel in X-Client-Scopes: odd ones are dropped (they cannot match a declared scope anyway)
-        scopes: Object.freeze(scopes.filter((x) => SCOPE.test(x))),
+        scopes: scopes.filter((x) => SCOPE.test(x)),
         plan: typeof plan === 'string' && PLAN.test(plan) ? plan : null,
       })
     }

@@ -56,11 +56,24 @@ function randomString (alphabet: string, length: number): string {
   return out
 }
 
+const KEY_LENGTH = KEY_PREFIX.length + KEY_ID_LENGTH + 1 + SECRET_LENGTH
+const ID_END = KEY_PREFIX.length + KEY_ID_LENGTH
+
 /** The record id of a well-formed key, or null: no store round trip for malformed input. */
 export function keyIdOf (key: string): string | null {
   // length first: a 10 kB header never reaches the regex
-  if (key.length !== KEY_PREFIX.length + KEY_ID_LENGTH + 1 + SECRET_LENGTH) return null
-  return KEY_FORMAT.test(key) ? key.slice(3, 3 + KEY_ID_LENGTH) : null
+  if (key.length !== KEY_LENGTH) return null
+  return KEY_FORMAT.test(key) ? key.slice(KEY_PREFIX.length, ID_END) : null
+}
+
+/**
+ * Where the id of `key` would be, when the key has a key's length, prefix and separator; its characters are not
+ * checked. Only for a look-up in memory: the cached record's hash then decides, and keyIdOf() checks the whole
+ * format before anything reaches the store.
+ */
+export function keyIdAt (key: string): string | null {
+  if (key.length !== KEY_LENGTH || key.charCodeAt(ID_END) !== 95 /* _ */ || !key.startsWith(KEY_PREFIX)) return null
+  return key.slice(KEY_PREFIX.length, ID_END)
 }
 
 /** SHA-256 of the whole key, as stored (hex) */
@@ -83,8 +96,9 @@ export function digestOfHex (hex: string): string {
 }
 
 /**
- * Whether two digests are equal, in constant time: every character is compared, with no early exit, so the time
- * taken says nothing about where they differ (the length of a SHA-256 digest is no secret).
+ * Whether two digests (or two keys) are equal, in constant time: every character is compared, with no early exit,
+ * so the time taken says nothing about where they differ (their lengths are no secret: a SHA-256 digest's, or the
+ * fixed length of a key).
  */
 export function sameDigest (a: string, b: string): boolean {
   if (a.length !== b.length) return false

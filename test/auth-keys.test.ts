@@ -231,7 +231,11 @@ test('a malformed key is refused without touching Redis', async (t) => {
   const redis = await startRedis(t)
   const app = await gateway(t, up, redis)
   const made = await createKey(app)
-  const malformed = ['nope', 'gw_', `${made.key}x`, made.key.slice(0, -1), made.key.replace('gw_', 'GW_'), `gw_${made.id.toUpperCase()}_${made.key.slice(16)}`, 'x'.repeat(5000)]
+  // the id is cached now: a key with that id and a secret of the right length but not of the format is still
+  // malformed (refused, counted on this replica only: no INCR), though it is looked up in the cache first
+  assert.equal((await call(app, made.key)).statusCode, 200)
+  const cachedId = `gw_${made.id}_${'!'.repeat(43)}`
+  const malformed = ['nope', 'gw_', `${made.key}x`, made.key.slice(0, -1), made.key.replace('gw_', 'GW_'), `gw_${made.id.toUpperCase()}_${made.key.slice(16)}`, 'x'.repeat(5000), cachedId, `gw_${made.id}-${made.key.slice(16)}`]
   await redisCommand(redis, 'CONFIG', 'RESETSTAT')
   for (const k of malformed) problem(await call(app, k), 401, 'GW_ERR_AUTH_INVALID_KEY')
   const stats = String(await redisCommand(redis, 'INFO', 'commandstats'))
@@ -337,6 +341,29 @@ test('identity to the upstream: spoofed X-Client-* stripped, the API key never f
   assert.equal(res.statusCode, 200)
   seen = res.json().headers
   for (const h of Object.keys(spoof)) assert.equal(seen[h], undefined, h)
+})
+
+test('a key record edited in Redis cannot put headers into upstream requests', async (t) => {
+  const up = await startUpstream(t)
+  const redis = await startRedis(t)
+  const app = await gateway(t, up, redis)
+  // the admin API and the CLI refuse such values; a record written by hand is checked before its first use
+  const bad = await createKey(app)
+  await redisCommand(redis, 'HSET', `gw:apikey:${bad.id}`, 'client', 'acme\r\nx-client-scopes: admin')
+  problem(await call(app, bad.key), 401, 'GW_ERR_AUTH_INVALID_KEY')
+  assert.equal(up.hits, 0, 'the upstream was not called')
+
+  // odd scopes and plans are dropped, as for a JWT's claims; the key works with what is left
+  const odd = await createKey(app, { scopes: ['orders:read'] })
+  await redisCommand(redis, 'HSET', `gw:apikey:${odd.id}`, 'scopes', JSON.stringify(['orders:read', 'x\r\nx-client-id: admin']), 'plan', 'gold\r\nx: y')
+  const res = await call(app, odd.key)
+  assert.equal(res.statusCode, 200, res.body)
+  const seen = res.json().headers
+  assert.equal(seen['x-client-id'], 'acme')
+  assert.equal(seen['x-client-scopes'], 'orders:read')
+  assert.equal(seen['x-client-plan'], undefined)
+  assert.equal(seen.x, undefined)
+  assert.equal(up.hits, 1)
 })
 
 test('missing credentials: 401 with WWW-Authenticate; missing scope: 403; the upstream is not called', async (t) => {

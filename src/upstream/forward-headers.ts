@@ -6,11 +6,11 @@
  * own is set by the client library), the route's API key header, and every incoming copy of the headers the gateway
  * sets itself (identity, X-Forwarded-*, X-Request-Id; traceparent is replaced), so that a client cannot spoof them.
  * Added: X-Forwarded-For/Proto/Host (appended to trusted values, else replaced), X-Request-Id, traceparent, and the
- * authenticated client's identity.
+ * authenticated client's identity (or, for the HTTP proxy, the client's prepared header lines: see `withIdentity`).
  */
 import type { FastifyRequest } from 'fastify'
 import type { IncomingHttpHeaders } from 'node:http'
-import { IDENTITY_HEADERS } from '../client.js'
+import { IDENTITY_HEADERS, identityHeaders } from '../client.js'
 import type { RoutePolicy } from '../policy.js'
 
 export const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade'] as const
@@ -23,7 +23,11 @@ export function connectionListed (connection: string | string[] | undefined): Se
   return new Set(String(connection).toLowerCase().split(',').map((s) => s.trim()))
 }
 
-export function compileForwardHeaders (policy: RoutePolicy, trust: boolean, alsoDrop: readonly string[] = []): ForwardHeaders {
+/**
+ * `withIdentity`: add the client's identity headers to the object. The HTTP proxy leaves them out and hands the
+ * client's prepared header lines (`Client.head`) to its upstream client instead.
+ */
+export function compileForwardHeaders (policy: RoutePolicy, trust: boolean, alsoDrop: readonly string[] = [], withIdentity = true): ForwardHeaders {
   const drop = new Set<string>([
     ...HOP_BY_HOP, 'host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id',
     ...IDENTITY_HEADERS, ...alsoDrop,
@@ -50,13 +54,7 @@ export function compileForwardHeaders (policy: RoutePolicy, trust: boolean, also
     const traceparent = request.gwTraceparent
     if (traceparent !== null && traceparent !== undefined) out.traceparent = traceparent
     const client = request.client
-    if (client !== null) {
-      out['x-client-id'] = client.id
-      out['x-client-scopes'] = client.scopes.join(' ')
-      out['x-client-auth'] = client.via
-      if (client.keyId !== null) out['x-client-key-id'] = client.keyId
-      if (client.plan !== null) out['x-client-plan'] = client.plan
-    }
+    if (withIdentity && client !== null) Object.assign(out, identityHeaders(client))
     return out
   }
 }

@@ -69,6 +69,11 @@ export interface RequestOptions {
   method: string
   headers?: IncomingHttpHeaders | null
   body?: string | Buffer | Readable | null
+  /**
+   * Header lines (`name: value\r\n` each) the caller built from values it checked itself (a client's identity:
+   * Client.head, src/client.ts), written after `headers` as they are.
+   */
+  trustedHead?: string | null
 }
 
 export interface Http1PoolOptions {
@@ -93,7 +98,8 @@ const OWN = new Set(['host', 'content-length', 'transfer-encoding', 'connection'
 const EXPECTS_BODY = new Set(['POST', 'PUT', 'PATCH'])
 
 /** The request's head, every header checked; `length` is the body's byte length, or -1 for chunked, or null for none. */
-function requestHead (method: string, path: string, host: string, headers: IncomingHttpHeaders | null | undefined, length: number | null): string {
+function requestHead (opts: RequestOptions, host: string, length: number | null): string {
+  const { method, path, headers } = opts
   if (INVALID_VALUE.test(path) || path.includes(' ')) throw failure('invalid request path', 'UND_ERR_INVALID_ARG')
   let head = `${method} ${path} HTTP/1.1\r\nhost: ${host}\r\n`
   if (headers != null) {
@@ -112,6 +118,7 @@ function requestHead (method: string, path: string, host: string, headers: Incom
       }
     }
   }
+  if (opts.trustedHead != null) head += opts.trustedHead
   if (length === -1) head += 'transfer-encoding: chunked\r\n'
   else if (length !== null) head += 'content-length: ' + String(length) + '\r\n'
   return head + '\r\n'
@@ -261,10 +268,10 @@ class Connection {
     try {
       if (body === null) {
         const length = EXPECTS_BODY.has(opts.method) ? 0 : null
-        socket.write(requestHead(opts.method, opts.path, this.pool.host, opts.headers, length), 'latin1')
+        socket.write(requestHead(opts, this.pool.host, length), 'latin1')
       } else if (typeof body === 'string' || Buffer.isBuffer(body)) {
         const buf = typeof body === 'string' ? Buffer.from(body) : body
-        const head = requestHead(opts.method, opts.path, this.pool.host, opts.headers, buf.length)
+        const head = requestHead(opts, this.pool.host, buf.length)
         socket.cork()
         socket.write(head, 'latin1')
         socket.write(buf)
@@ -272,7 +279,7 @@ class Connection {
       } else {
         const given = opts.headers?.['content-length']
         const length = typeof given === 'string' && /^\d+$/.test(given) ? Number(given) : -1
-        socket.write(requestHead(opts.method, opts.path, this.pool.host, opts.headers, length), 'latin1')
+        socket.write(requestHead(opts, this.pool.host, length), 'latin1')
         this.streamBody(ex, body, length === -1)
       }
     } catch (err) {
