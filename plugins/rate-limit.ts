@@ -22,10 +22,11 @@ import { hash } from 'node:crypto'
 import { Type } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteOptions, preHandlerHookHandler } from 'fastify'
 import type { GatewayConfig } from '../src/config.js'
+import type { Client } from '../src/client.js'
 import type { Declarations, PlanPolicy, RoutePolicy } from '../src/policy.js'
 import { GW_ERR_BAD_REQUEST, GW_ERR_QUOTA_EXCEEDED, GW_ERR_RATE_LIMITED, GW_ERR_STORE_UNAVAILABLE } from '../src/errors.js'
 import { GuardedLimiter, UNAVAILABLE, envOf, newStats, type Decision, type OnStoreError, type RateLimitStats } from '../src/rate-limit-limiter.js'
-import type { RateLimitCheck } from '../src/store/types.js'
+import { rateLimitSpec, type RateLimitCheck } from '../src/store/types.js'
 import { sendProblem } from './problem.js'
 import { addRouteHook } from '../src/route-hooks.js'
 
@@ -68,12 +69,16 @@ interface Limit {
   localPolicyHeader: string
   per: string
   quotaPer: string
+  /** RateLimitCheck.spec of this limit's checks */
+  spec: string
 }
 
 interface RouteLimiter {
   tag: string
   cost: number
   subject: (request: FastifyRequest) => string
+  /** keyed by the authenticated client when there is one (`by` client, the default) */
+  byClient: boolean
   /** the route's own limit; null = only plans limit this route */
   base: Limit | null
   /** per plan name: its effective limit on this route (null = none) */
@@ -105,6 +110,7 @@ function compileLimit (rate: { max: number, perMs: number, burst: number } | nul
     localPolicyHeader: policy(localMax),
     per: formatDuration(windowMs),
     quotaPer: quota === null ? '' : formatDuration(quota.perMs),
+    spec: rateLimitSpec({ windowMs, max, cost, burst, quota: quota === null ? null : { max: quota.max, periodMs: quota.perMs } }),
   }
 }
 
@@ -174,6 +180,7 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
       tag: digest(policy.id).slice(0, 12),
       cost,
       subject: subjectOf(rl?.by ?? { kind: 'client' }),
+      byClient: (rl?.by.kind ?? 'client') === 'client',
       base: compileLimit(own, rl?.quota ?? null, true, replicas, cost),
       plans: byPlan,
     }
@@ -235,27 +242,46 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
   // a callback hook and one promise per check (the batcher's): an async hook over an async limiter cost two more
   // promises and their microtasks per request
   function hookFor (rl: RouteLimiter): preHandlerHookHandler {
-    const { tag, cost, base, plans: byPlan } = rl
+    const { tag, cost, base, plans: byPlan, byClient } = rl
     const subjectFor = rl.subject
     const keySuffix = '}:' + tag
+    /** a client's keys on this route, made once per client (Client objects are shared by its requests) */
+    const clientKeys = new WeakMap<Client, { rate: string, routeQuota: string, quota: string }>()
     return function rateLimit (request, reply, done) {
       let limit = base
-      const plan = request.client?.plan ?? null
+      const client = request.client
+      const plan = client?.plan ?? null
       if (plan !== null && byPlan.size > 0) {
         const l = byPlan.get(plan)
         if (l !== undefined) limit = l
         else unknownPlan(request, plan)
       }
       if (limit === null) { done(); return }
-      const subject = subjectFor(request)
       const q = limit.quota
+      let key: string
+      let quotaKey: string | null = null
+      if (byClient && client != null) {
+        let keys = clientKeys.get(client)
+        if (keys === undefined) {
+          const subject = 'c:' + part(client.id)
+          keys = { rate: 'rl:{' + subject + keySuffix, routeQuota: 'q:{' + subject + keySuffix, quota: 'q:{' + subject + '}' }
+          clientKeys.set(client, keys)
+        }
+        key = keys.rate
+        if (q !== null) quotaKey = q.perRoute ? keys.routeQuota : keys.quota
+      } else {
+        const subject = subjectFor(request)
+        key = 'rl:{' + subject + keySuffix
+        if (q !== null) quotaKey = q.perRoute ? 'q:{' + subject + keySuffix : 'q:{' + subject + '}'
+      }
       const check: RateLimitCheck = {
-        key: 'rl:{' + subject + keySuffix,
+        key,
         max: limit.max,
         windowMs: limit.windowMs,
         cost,
         burst: limit.burst,
-        quota: q === null ? null : { key: q.perRoute ? 'q:{' + subject + keySuffix : 'q:{' + subject + '}', max: q.max, periodMs: q.periodMs },
+        quota: q === null ? null : { key: quotaKey as string, max: q.max, periodMs: q.periodMs },
+        spec: limit.spec,
       }
       const decided = limit
       limiter.check(check, limit.localMax, limit.localBurst).then((r) => {

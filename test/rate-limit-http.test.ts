@@ -233,6 +233,10 @@ test('plans: a client\'s plan overrides the route\'s limit; plan quotas count ac
   assert.equal(keys.filter((k) => k.startsWith('gw:rl:{c:alice}:')).length, 2)
   assert.equal(keys.filter((k) => k.startsWith('gw:rl:{c:bob}:')).length, 3)
   assert.equal(keys.filter((k) => k.startsWith('gw:rl:{c:carol}:')).length, 1)
+  // two keys of one client share the client's limit (each key is a client object of its own in the key cache)
+  const gold2 = await newKey(app, 'alice', 'gold')
+  const mixed = [...await run(gold, '/other', 3), ...await run(gold2, '/other', 3)]
+  assert.deepEqual(statuses(mixed), [200, 200, 200, 200, 200, 429])
 })
 
 test('window boundary: a full window followed at once by a full burst gets no second allowance', async (t) => {

@@ -6,7 +6,7 @@ import { describe, test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { MemoryStore, RedisStore, type Store } from '../src/store/index.js'
-import type { RateLimitResult } from '../src/store/types.js'
+import { rateLimitSpec, type RateLimitResult } from '../src/store/types.js'
 import { CheckBatcher, clusterSlot } from '../src/rate-limit-batcher.js'
 import { RedisServer, freePort, redisCommand } from './helpers/redis.js'
 
@@ -51,6 +51,24 @@ function cases (name: string, make: () => Promise<Store>): void {
       const trace: string[] = []
       for (const cost of [4, 4, 4, 1, 2, 1]) trace.push(brief(await store.rateLimit({ key: k, max: 10, windowMs: 60_000, cost })))
       assert.deepEqual(trace, ['ok rem=6', 'ok rem=2', 'no rem=2 by=rate', 'ok rem=1', 'no rem=1 by=rate', 'ok rem=0'])
+    })
+
+    test('a check that carries its numbers packed (spec, as the rate-limit plugin sends them) decides as one without', async () => {
+      const run = async (withSpec: boolean): Promise<string[]> => {
+        const k = key()
+        const tag = k.slice(k.indexOf('{'), k.indexOf('}') + 1)
+        const trace: string[] = []
+        for (const cost of [2, 2, 1, 2, 1, 1]) {
+          const check = { key: k, max: 7, windowMs: 60_000, cost, burst: 5, quota: { key: `q:${tag}`, max: 6, periodMs: DAY } }
+          trace.push(brief(await store.rateLimit(withSpec ? { ...check, spec: rateLimitSpec(check) } : check)))
+        }
+        return trace
+      }
+      const plain = await run(false)
+      // every number counts: the burst (5 of 7 at once), the costs, the quota (6)
+      assert.deepEqual(plain, ['ok rem=3 q=4', 'ok rem=1 q=2', 'ok rem=0 q=1', 'no rem=0 by=quota q=1', 'no rem=0 by=rate q=1', 'no rem=0 by=rate q=1'])
+      assert.deepEqual(await run(true), plain)
+      assert.equal(rateLimitSpec({ windowMs: 1000, max: 3, cost: 1 }), '1000,3,1,3,0,0')
     })
 
     test('burst below max: back-to-back requests are spaced at the steady rate (GCRA)', async () => {

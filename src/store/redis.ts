@@ -6,7 +6,7 @@
  */
 import { EventEmitter } from 'node:events'
 import { Redis, type RedisOptions } from 'ioredis'
-import type { RateLimitCheck, RateLimitResult, Store, StoreHealth, StoreState } from './types.js'
+import { rateLimitSpec, type RateLimitCheck, type RateLimitResult, type Store, type StoreHealth, type StoreState } from './types.js'
 import { answeredWithin } from '../answered-within.js'
 import { CheckBatcher, clusterSlot } from '../rate-limit-batcher.js'
 
@@ -351,8 +351,7 @@ export class RedisStore implements Store {
     for (const c of checks) {
       const q = c.quota ?? null
       const ki = indexOf(c.key)
-      packed += (packed === '' ? '' : ',') + ki + ',' + (q === null ? ki : indexOf(q.key)) + ',' + c.windowMs + ',' + c.max + ',' +
-        c.cost + ',' + (c.burst ?? c.max) + ',' + (q === null ? '0,0' : q.max + ',' + q.periodMs)
+      packed += (packed === '' ? '' : ',') + ki + ',' + (q === null ? ki : indexOf(q.key)) + ',' + (c.spec ?? rateLimitSpec(c))
     }
     const r = await (await this.rateLimitClient()).gwRateLimit(keys.length, ...keys, packed)
     const out: RateLimitResult[] = []

@@ -44,6 +44,18 @@ export interface RateLimitCheck {
    *  steady rate max/windowMs (GCRA) instead of all at once */
   burst?: number
   quota?: RateLimitQuota | null
+  /**
+   * The same numbers as one string, `windowMs,max,cost,burst,quotaMax,quotaPeriodMs` (0,0 without a quota), which
+   * is how RedisStore hands them to its script: a caller that checks the same limit again and again makes it once
+   * (rateLimitSpec) instead of once per request. Must agree with the fields; a store may ignore it.
+   */
+  spec?: string
+}
+
+/** RateLimitCheck.spec for these numbers. */
+export function rateLimitSpec (c: Pick<RateLimitCheck, 'windowMs' | 'max' | 'cost' | 'burst'> & { quota?: Pick<RateLimitQuota, 'max' | 'periodMs'> | null }): string {
+  const q = c.quota ?? null
+  return `${c.windowMs},${c.max},${c.cost},${c.burst ?? c.max},${q === null ? '0,0' : `${q.max},${q.periodMs}`}`
 }
 
 /** A key's window: its start (ms), the counts of the current and of the previous window, GCRA arrival time (ms). */
