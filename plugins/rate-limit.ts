@@ -51,6 +51,8 @@ const MAX_SUBJECT = 128
 const BRACES = /[{}%]/
 /** a client id or header value as it goes into a key: hashed when long, braces escaped (the subject is the hash tag) */
 const part = (v: string): string => v.length > MAX_SUBJECT ? '#' + digest(v) : BRACES.test(v) ? v.replace(/[{}%]/g, encodeURIComponent) : v
+/** the subject of a client's keys (the hook's, and the admin API's reset) */
+const clientSubject = (clientId: string): string => 'c:' + part(clientId)
 
 /** The limit that applies to one (route, plan): everything per-request code needs, worked out at start-up. */
 interface Limit {
@@ -72,6 +74,8 @@ interface Limit {
   /** RateLimitCheck.spec of this limit's checks */
   spec: string
 }
+
+interface SubjectKeys { rate: string, routeQuota: string, quota: string }
 
 interface RouteLimiter {
   tag: string
@@ -118,7 +122,7 @@ function subjectOf (by: NonNullable<RoutePolicy['rateLimit']>['by']): (request: 
   const fallback = (request: FastifyRequest): string => {
     const client = request.client
     if (client === null) return 'ip:' + request.ip
-    return 'c:' + part(client.id)
+    return clientSubject(client.id)
   }
   if (by.kind !== 'header') return by.kind === 'ip' ? (request) => 'ip:' + request.ip : fallback
   const name = by.name
@@ -132,7 +136,7 @@ function subjectOf (by: NonNullable<RoutePolicy['rateLimit']>['by']): (request: 
 
 /** the subject an operator names in the admin API, built as the hook builds it */
 function adminSubject (q: { client?: string, ip?: string, header?: string, value?: string }): string {
-  if (q.client !== undefined) return 'c:' + part(q.client)
+  if (q.client !== undefined) return clientSubject(q.client)
   if (q.ip !== undefined) return 'ip:' + q.ip
   if (q.header !== undefined && q.value !== undefined) return `h:${q.header.toLowerCase()}=${part(q.value)}`
   throw new GW_ERR_BAD_REQUEST('Name whose limits to reset: ?client=<id>, ?ip=<address> or ?header=<name>&value=<value>')
@@ -245,8 +249,10 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
     const { tag, cost, base, plans: byPlan, byClient } = rl
     const subjectFor = rl.subject
     const keySuffix = '}:' + tag
-    /** a client's keys on this route, made once per client (Client objects are shared by its requests) */
-    const clientKeys = new WeakMap<Client, { rate: string, routeQuota: string, quota: string }>()
+    /** the keys of a subject on this route: its window's, its quota's on this route, its quota's across routes */
+    const keysOf = (subject: string): SubjectKeys => ({ rate: 'rl:{' + subject + keySuffix, routeQuota: 'q:{' + subject + keySuffix, quota: 'q:{' + subject + '}' })
+    /** a client's keys, made once per client (Client objects are shared by its requests) */
+    const clientKeys = new WeakMap<Client, SubjectKeys>()
     return function rateLimit (request, reply, done) {
       let limit = base
       const client = request.client
@@ -258,29 +264,21 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
       }
       if (limit === null) { done(); return }
       const q = limit.quota
-      let key: string
-      let quotaKey: string | null = null
+      let keys: SubjectKeys | undefined
       if (byClient && client != null) {
-        let keys = clientKeys.get(client)
+        keys = clientKeys.get(client)
         if (keys === undefined) {
-          const subject = 'c:' + part(client.id)
-          keys = { rate: 'rl:{' + subject + keySuffix, routeQuota: 'q:{' + subject + keySuffix, quota: 'q:{' + subject + '}' }
+          keys = keysOf(clientSubject(client.id))
           clientKeys.set(client, keys)
         }
-        key = keys.rate
-        if (q !== null) quotaKey = q.perRoute ? keys.routeQuota : keys.quota
-      } else {
-        const subject = subjectFor(request)
-        key = 'rl:{' + subject + keySuffix
-        if (q !== null) quotaKey = q.perRoute ? 'q:{' + subject + keySuffix : 'q:{' + subject + '}'
-      }
+      } else keys = keysOf(subjectFor(request))
       const check: RateLimitCheck = {
-        key,
+        key: keys.rate,
         max: limit.max,
         windowMs: limit.windowMs,
         cost,
         burst: limit.burst,
-        quota: q === null ? null : { key: quotaKey as string, max: q.max, periodMs: q.periodMs },
+        quota: q === null ? null : { key: q.perRoute ? keys.routeQuota : keys.quota, max: q.max, periodMs: q.periodMs },
         spec: limit.spec,
       }
       const decided = limit
