@@ -169,6 +169,7 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
   function compileRoute (policy: RoutePolicy): RouteLimiter {
     const rl = policy.rateLimit
     const cost = rl?.cost ?? 1
+    const by: NonNullable<RoutePolicy['rateLimit']>['by'] = rl?.by ?? { kind: 'client' }
     const own = rl === null ? null : { max: rl.max, perMs: rl.perMs, burst: rl.burst }
     const byPlan = new Map<string, Limit | null>()
     for (const plan of plans) {
@@ -183,8 +184,8 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
     return {
       tag: digest(policy.id).slice(0, 12),
       cost,
-      subject: subjectOf(rl?.by ?? { kind: 'client' }),
-      byClient: (rl?.by.kind ?? 'client') === 'client',
+      subject: subjectOf(by),
+      byClient: by.kind === 'client',
       base: compileLimit(own, rl?.quota ?? null, true, replicas, cost),
       plans: byPlan,
     }

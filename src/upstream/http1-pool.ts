@@ -191,6 +191,8 @@ class Connection {
   /** a 1xx head was seen: its message end is not the answer's */
   informational = false
   idleLimitMs: number
+  /** the Keep-Alive header idleLimitMs was last worked out from */
+  keepAliveSeen: string | string[] | undefined = undefined
   /**
    * Head and body-gap timeout, re-armed with refresh() on every request and chunk and never cleared while the
    * connection lives (a cleared timer cannot be refreshed): when it fires with nothing to time, it is ignored.
@@ -345,8 +347,13 @@ class Connection {
     this.armRequestTimer()
     if (!keepAlive) this.reusable = false
     const h = headerObject(raw)
-    const hint = keepAliveHint(h['keep-alive'])
-    if (hint !== null) this.idleLimitMs = Math.min(this.pool.options.keepAliveMs, hint - 1000)
+    // a target sends the same Keep-Alive value on every answer: read it once per value, not once per answer
+    const ka = h['keep-alive']
+    if (ka !== this.keepAliveSeen) {
+      this.keepAliveSeen = ka
+      const hint = keepAliveHint(ka)
+      if (hint !== null) this.idleLimitMs = Math.min(this.pool.options.keepAliveMs, hint - 1000)
+    }
     ex.handler.onResponseStart?.(ex, status, h, statusMessage)
     // HEAD: no body follows, whatever Content-Length says
     return ex.head ? 1 : 0
@@ -478,21 +485,20 @@ export class Http1Pool {
     return { connections: this.#all.size, idle: this.#idle.length, waiting: this.#waiting.length }
   }
 
-  /** Sends a request; its outcome goes to the handler. Throws (code UND_ERR_CLOSED) once the pool is closing. */
-  dispatch (opts: RequestOptions, handler: RequestHandler): boolean {
+  /** Sends a request (or queues it for a free connection); its outcome goes to the handler. Throws (code UND_ERR_CLOSED) once the pool is closing. */
+  dispatch (opts: RequestOptions, handler: RequestHandler): void {
     if (this.#closing) throw failure('the upstream pool is closed', 'UND_ERR_CLOSED')
     let c = this.#idle.pop()
     while (c !== undefined && !c.reusable) c = this.#idle.pop()
     if (c === undefined) {
       if (this.#all.size >= this.options.connections) {
         this.#waiting.push({ opts, handler })
-        return false
+        return
       }
       c = new Connection(this)
       this.#all.add(c)
     }
     c.send(opts, handler)
-    return true
   }
 
   /** an answer is complete: the connection takes the next waiting request, or goes idle, or closes */
