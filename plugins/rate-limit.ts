@@ -27,6 +27,7 @@ import type { Declarations, PlanPolicy, RoutePolicy } from '../src/policy.js'
 import { GW_ERR_BAD_REQUEST, GW_ERR_QUOTA_EXCEEDED, GW_ERR_RATE_LIMITED, GW_ERR_STORE_UNAVAILABLE } from '../src/errors.js'
 import { GuardedLimiter, UNAVAILABLE, envOf, newStats, type Decision, type OnStoreError, type RateLimitStats } from '../src/rate-limit-limiter.js'
 import { rateLimitSpec, type RateLimitCheck } from '../src/store/types.js'
+import { RateLimitLeases } from '../src/rate-limit-lease.js'
 import { sendProblem } from './problem.js'
 import { addRouteHook } from '../src/route-hooks.js'
 
@@ -73,6 +74,8 @@ interface Limit {
   quotaPer: string
   /** RateLimitCheck.spec of this limit's checks */
   spec: string
+  /** a busy subject's units may be leased (a window without GCRA spacing; see src/rate-limit-lease.ts) */
+  leasable: boolean
 }
 
 interface SubjectKeys { rate: string, routeQuota: string, quota: string }
@@ -115,6 +118,7 @@ function compileLimit (rate: { max: number, perMs: number, burst: number } | nul
     per: formatDuration(windowMs),
     quotaPer: quota === null ? '' : formatDuration(quota.perMs),
     spec: rateLimitSpec({ windowMs, max, cost, burst, quota: quota === null ? null : { max: quota.max, periodMs: quota.perMs } }),
+    leasable: windowMs > 0 && burst >= max,
   }
 }
 
@@ -150,10 +154,19 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
   const ietf = sets.includes('ietf')
   const xHeaders = sets.includes('x')
 
+  const leaseUnits = envOf<number>(config, 'RATE_LIMIT_LEASE')
+  const leaseMs = envOf<number>(config, 'RATE_LIMIT_LEASE_MS')
+
   const stats: RateLimitStats = newStats()
   const limiter = new GuardedLimiter(app.store, onError, app.log, stats)
   await limiter.init()
-  app.addHook('onClose', async () => { await limiter.close() })
+  // leases only where checks cost a round trip: a MemoryStore decides in process anyway
+  const leases = app.store.kind === 'redis' && leaseUnits > 0 ? new RateLimitLeases(limiter, app.store, app.log, { maxUnits: leaseUnits, ms: leaseMs }, stats) : null
+  app.addHook('onClose', async () => {
+    // unspent leased units go back before the store closes (its onClose runs after this one)
+    await leases?.close()
+    await limiter.close()
+  })
   // the flood limiter's refusals are published with these counters
   Object.defineProperty(stats, 'floodLimited', { enumerable: true, get: () => app.gwFloodStats.limited })
   app.decorate('gwRateLimitStats', stats)
@@ -273,6 +286,15 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
           clientKeys.set(client, keys)
         }
       } else keys = keysOf(subjectFor(request))
+      const now = leases !== null && limit.leasable ? Date.now() : 0
+      if (now !== 0) {
+        // units this replica holds for the subject: decided here, without the store
+        const held = (leases as RateLimitLeases).take(keys.rate, cost, limit.spec, now)
+        if (held !== null) {
+          try { apply(request, reply, limit, held, done) } catch (err) { done(err as Error) }
+          return
+        }
+      }
       const check: RateLimitCheck = {
         key: keys.rate,
         max: limit.max,
@@ -283,7 +305,8 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
         spec: limit.spec,
       }
       const decided = limit
-      limiter.check(check, limit.localMax, limit.localBurst).then((r) => {
+      const decision = now !== 0 ? (leases as RateLimitLeases).check(check, limit.localMax, limit.localBurst, now) : limiter.check(check, limit.localMax, limit.localBurst)
+      decision.then((r) => {
         try { apply(request, reply, decided, r, done) } catch (err) { done(err as Error) }
       }, done)
     }
@@ -307,7 +330,7 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
     method: 'GET',
     url: '/rate-limits',
     handler: async function rateLimitStatus () {
-      return { store: app.store.kind, onStoreError: onError, replicas, headers: sets, ...stats }
+      return { store: app.store.kind, onStoreError: onError, replicas, headers: sets, lease: leases === null ? 0 : leaseUnits, leaseMs, ...stats }
     },
   })
 
@@ -324,6 +347,8 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
     },
     handler: async function resetRateLimits (request) {
       const subject = adminSubject(request.query as Record<string, string>)
+      // this replica's leases of the subject go with its counts (other replicas' end within RATE_LIMIT_LEASE_MS)
+      leases?.forget(`rl:{${subject}}`)
       let deleted = 0
       for (const store of [limiter.local, app.store]) {
         if (store === null) continue

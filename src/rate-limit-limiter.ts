@@ -38,6 +38,11 @@ export interface RateLimitStats {
   fallbackEntered: number
   /** requests refused by the pre-auth per-IP flood limit (plugins/flood.ts) */
   floodLimited: number
+  /** leases granted, requests decided from them, units given back and units whose refund failed (rate-limit-lease.ts) */
+  leases: number
+  leaseServed: number
+  leaseReturned: number
+  leaseReturnFailed: number
 }
 
 /** The fallback's answer when RATE_LIMIT_ON_STORE_ERROR=closed. */
@@ -55,7 +60,7 @@ export function envOf<T> (config: GatewayConfig, name: string): T {
 }
 
 export function newStats (): RateLimitStats {
-  return { mode: 'shared', allowed: 0, limited: 0, quotaExceeded: 0, storeErrors: 0, fallbackChecks: 0, unavailable: 0, fallbackEntered: 0, floodLimited: 0 }
+  return { mode: 'shared', allowed: 0, limited: 0, quotaExceeded: 0, storeErrors: 0, fallbackChecks: 0, unavailable: 0, fallbackEntered: 0, floodLimited: 0, leases: 0, leaseServed: 0, leaseReturned: 0, leaseReturnFailed: 0 }
 }
 
 export class GuardedLimiter {

@@ -304,8 +304,9 @@ test('admin API: status and counters, reset of a client\'s limits', async (t) =>
   const status = await app.inject({ url: '/admin/rate-limits', headers: admin })
   assert.equal(status.statusCode, 200)
   assert.deepEqual({ ...(status.json() as Record<string, unknown>), floodLimited: 0 }, {
-    store: 'memory', onStoreError: 'local', replicas: 1, headers: ['ietf', 'x'], mode: 'shared',
+    store: 'memory', onStoreError: 'local', replicas: 1, headers: ['ietf', 'x'], lease: 0, leaseMs: 1000, mode: 'shared',
     allowed: 1, limited: 1, quotaExceeded: 0, storeErrors: 0, fallbackChecks: 0, unavailable: 0, fallbackEntered: 0, floodLimited: 0,
+    leases: 0, leaseServed: 0, leaseReturned: 0, leaseReturnFailed: 0,
   })
   assert.equal((await app.inject({ url: '/admin/rate-limits' })).statusCode, 401)
   const reset = await app.inject({ method: 'DELETE', url: '/admin/rate-limits?ip=10.9.9.9', headers: admin })

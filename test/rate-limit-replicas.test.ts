@@ -79,12 +79,18 @@ async function adminStatus (agent: Agent, r: Replica): Promise<{ mode: string, f
 
 const logged = (r: Replica, msg: RegExp): number => r.lines.filter((l) => msg.test(l)).length
 
-test('three replicas sharing one Redis: 100 a minute means exactly 100 of 300 concurrent requests', async (t) => {
+for (const leases of [false, true]) {
+  test(`three replicas sharing one Redis: 100 a minute means exactly 100 of 300 concurrent requests (${leases ? 'with leases' : 'RATE_LIMIT_LEASE=0'})`, async (t) => {
+    await exactAcrossReplicas(t, leases)
+  })
+}
+
+async function exactAcrossReplicas (t: TestContext, leases: boolean): Promise<void> {
   const redis = await startRedis(t)
   const up = await startUpstream(t)
   // Exact means every check is decided in Redis: on this shared 2-core machine, three cold replicas, Redis, the
   // upstream and the test compete for the CPU, and an answer can take longer than the 250ms default.
-  const env = { REDIS_URL: redis.url, UPSTREAM_RL_SVC: up.url, REDIS_COMMAND_TIMEOUT: '3s' }
+  const env = { REDIS_URL: redis.url, UPSTREAM_RL_SVC: up.url, REDIS_COMMAND_TIMEOUT: '3s', RATE_LIMIT_LEASE: leases ? '64' : '0', RATE_LIMIT_LEASE_MS: '300' }
   const replicas = await Promise.all([0, 1, 2].map(async () => await startReplica(t, env)))
   const agent = new Agent({ connections: 128 })
   t.after(() => agent.close())
@@ -96,8 +102,21 @@ test('three replicas sharing one Redis: 100 a minute means exactly 100 of 300 co
   assert.equal(ok.length, 100)
   assert.equal(refused.length, 200)
   assert.equal(up.hits, 100)
-  // every success saw its own place in the count, whichever replica answered it
-  assert.deepEqual(ok.map((a) => Number(a.headers['ratelimit-remaining'])).sort((x, y) => x - y), Array.from({ length: 100 }, (_, i) => i))
+  const places = ok.map((a) => Number(a.headers['ratelimit-remaining']))
+  if (!leases) {
+    // every success saw its own place in the count, whichever replica answered it
+    assert.deepEqual(places.sort((x, y) => x - y), Array.from({ length: 100 }, (_, i) => i))
+  } else {
+    // a replica counts the units it holds as still there: each success has its own place among its replica's
+    for (const r of replicas) {
+      const mine = answers.map((a, i) => ({ a, i })).filter(({ a, i }) => a.status === 200 && replicas[i % 3] === r).map(({ a }) => Number(a.headers['ratelimit-remaining']))
+      assert.equal(new Set(mine).size, mine.length, `distinct places on one replica: ${mine.join(',')}`)
+    }
+    for (const p of places) assert.ok(p >= 0 && p < 100, `remaining ${p}`)
+    let served = 0
+    for (const r of replicas) served += (await adminStatus(agent, r) as unknown as { leaseServed: number }).leaseServed
+    assert.ok(served > 0, 'some requests were decided from leases')
+  }
   for (const a of answers) {
     assert.equal(a.headers['ratelimit-limit'], '100')
     assert.equal(a.headers['x-ratelimit-limit'], '100')
@@ -119,7 +138,9 @@ test('three replicas sharing one Redis: 100 a minute means exactly 100 of 300 co
   assert.match(keys[0] as string, /^gw:rl:\{ip:127\.0\.0\.1\}:[\w-]{12}$/)
   const ttl = Number(await redisCommand(redis, 'PTTL', keys[0] as string))
   assert.ok(ttl > 60_000 && ttl <= 120_000, `pttl ${ttl}`)
-})
+  // all 100 units were spent: the count is what was admitted, with or without leases
+  assert.equal(Number(await redisCommand(redis, 'HGET', keys[0] as string, 'c')), 100)
+}
 
 test('Redis stopped under load: nothing hangs, each replica limits locally at limit/replicas; shared again after restart', async (t) => {
   const redis = await startRedis(t)

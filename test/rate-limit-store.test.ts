@@ -153,6 +153,75 @@ function cases (name: string, make: () => Promise<Store>): void {
       assert.ok(await store.pttl(q.key) > 0)
     })
 
+    test('lease: granted on top of an allowed request while the window has room (a quarter of what is left), counted at once', async () => {
+      const k = key()
+      const lease = async (want: number, cost = 1): Promise<RateLimitResult> => await store.rateLimit({ key: k, max: 100, windowMs: 60_000, cost, lease: want })
+      const a = await lease(50)
+      // 99 left after the request: a quarter of it, 24, is leased and counted
+      assert.equal(a.allowed, true)
+      assert.equal(a.leased, 24)
+      assert.equal(a.remaining, 75)
+      assert.ok((a.windowStart ?? 0) > 0)
+      assert.equal((await lease(10)).leased, 10)
+      assert.equal(brief(await store.rateLimit({ key: k, max: 100, windowMs: 60_000, cost: 1 })), 'ok rem=63')
+      // near the limit: nothing more is leased, checks are exact
+      for (let i = 0; i < 60; i++) await store.rateLimit({ key: k, max: 100, windowMs: 60_000, cost: 1 })
+      const near = await lease(50)
+      assert.equal(brief(near), 'ok rem=2')
+      assert.equal(near.leased, 0)
+      // a refusal leases nothing and counts nothing
+      for (let i = 0; i < 3; i++) await lease(50)
+      const refused = await lease(50)
+      assert.equal(refused.allowed, false)
+      assert.equal(refused.leased ?? 0, 0)
+    })
+
+    test('lease: limited by the quota too; never with a burst below max (GCRA) or on a quota-only check', async () => {
+      const q = { key: `q:{lq${n++}}`, max: 41, periodMs: DAY }
+      const withQuota = await store.rateLimit({ key: key(), max: 1000, windowMs: 60_000, cost: 1, quota: q, lease: 64 })
+      // 40 quota units left after the request: 10 are leased from the window and the quota alike
+      assert.equal(withQuota.leased, 10)
+      assert.equal(withQuota.quotaRemaining, 30)
+      assert.equal(withQuota.remaining, 989)
+      assert.equal((await store.rateLimit({ key: key(), max: 1000, windowMs: 60_000, cost: 1, burst: 10, lease: 64 })).leased ?? 0, 0)
+      assert.equal((await store.rateLimit({ key: key(), max: 0, windowMs: 0, cost: 1, quota: { ...q, key: `q:{lq${n++}}` }, lease: 64 })).leased ?? 0, 0)
+    })
+
+    test('lease refund: units go back to the window (and quota) they were counted in; a window that moved on is left alone', async () => {
+      const k = key()
+      const q = { key: `q:{lr${n++}}`, max: 1000, periodMs: DAY }
+      const g = await store.rateLimit({ key: k, max: 100, windowMs: 60_000, cost: 1, quota: q, lease: 20 })
+      assert.equal(g.leased, 20)
+      assert.equal(g.remaining, 79)
+      await store.rateLimitRefund([{ key: k, windowMs: 60_000, windowStart: g.windowStart ?? 0, units: 15, quota: { key: q.key, period: g.quotaPeriod ?? 0 } }])
+      // 5 of the 20 were spent: 1 + 5 counted, then this request
+      assert.equal(brief(await store.rateLimit({ key: k, max: 100, windowMs: 60_000, cost: 1, quota: q })), 'ok rem=93 q=993')
+      // a refund for another window start or quota period changes nothing; nor one bigger than the count
+      await store.rateLimitRefund([{ key: k, windowMs: 60_000, windowStart: (g.windowStart ?? 0) - 60_000, units: 50, quota: { key: q.key, period: (g.quotaPeriod ?? 0) - 1 } }])
+      assert.equal(brief(await store.rateLimit({ key: k, max: 100, windowMs: 60_000, cost: 1, quota: q })), 'ok rem=92 q=992')
+      await store.rateLimitRefund([{ key: k, windowMs: 60_000, windowStart: g.windowStart ?? 0, units: 500, quota: null }])
+      assert.equal(brief(await store.rateLimit({ key: k, max: 100, windowMs: 60_000, cost: 1, quota: q })), 'ok rem=99 q=991')
+      // a key that is gone stays gone
+      const gone = key()
+      await store.rateLimitRefund([{ key: gone, windowMs: 60_000, windowStart: g.windowStart ?? 0, units: 5, quota: null }])
+      assert.equal(await store.pttl(gone), -2)
+    })
+
+    test('lease refund after the window moved on: the units come off the previous window\'s count', async () => {
+      const k = key()
+      const w = 1000
+      const g = await store.rateLimit({ key: k, max: 100, windowMs: w, cost: 1, lease: 20 })
+      assert.equal(g.leased, 20)
+      // one request in the next window moves the key on: 21 counted before, now the previous window's count
+      await sleep(w + 50)
+      const r = await store.rateLimit({ key: k, max: 100, windowMs: w, cost: 1 })
+      assert.equal(r.windowStart, (g.windowStart ?? 0) + w, 'the next window')
+      await store.rateLimitRefund([{ key: k, windowMs: w, windowStart: g.windowStart ?? 0, units: 20, quota: null }])
+      // the previous window weighs with 1 request (not 21): about 80 would be left without the refund
+      const after = await store.rateLimit({ key: k, max: 100, windowMs: w, cost: 1 })
+      assert.ok(after.remaining >= 96, `remaining ${after.remaining}`)
+    })
+
     test('keys are independent', async () => {
       const a = key()
       const b = key()

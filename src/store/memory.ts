@@ -3,7 +3,7 @@
  * RedisStore (test/store-contract.test.ts); expiry is lazy on read plus a periodic sweep.
  */
 import { EventEmitter } from 'node:events'
-import { decideRateLimit, type QuotaState, type RateLimitCheck, type RateLimitResult, type RateWindowState, type Store, type StoreHealth, type StoreState } from './types.js'
+import { decideRateLimit, refundQuota, refundWindow, type QuotaState, type RateLimitCheck, type RateLimitRefund, type RateLimitResult, type RateWindowState, type Store, type StoreHealth, type StoreState } from './types.js'
 
 type Value = Buffer | Map<string, string> | Set<string> | RateState
 /** rate-limit state (window or quota), tagged so that a key of another kind is never read as one */
@@ -149,18 +149,32 @@ export class MemoryStore implements Store {
   async rateLimit (check: RateLimitCheck): Promise<RateLimitResult> {
     // synchronous from read to write: atomic within this process, like the script is in Redis
     const now = Date.now()
-    const state = (key: string): unknown => {
-      const e = this.data.get(key)
-      if (e === undefined || (e.expiresAt !== 0 && e.expiresAt <= now)) return null
-      return typeof e.value === 'object' && 'rl' in e.value ? e.value.rl : null
-    }
     const q = check.quota ?? null
     const d = decideRateLimit(now, check,
-      check.windowMs > 0 ? state(check.key) as RateWindowState | null : null,
-      q !== null ? state(q.key) as QuotaState | null : null)
+      check.windowMs > 0 ? this.rateState(check.key, now) as RateWindowState | null : null,
+      q !== null ? this.rateState(q.key, now) as QuotaState | null : null)
     if (d.window !== null) this.data.set(check.key, { value: { rl: d.window }, expiresAt: now + check.windowMs * 2 })
     if (d.quota !== null && q !== null) this.data.set(q.key, { value: { rl: d.quota }, expiresAt: d.quotaExpiresAt })
     return d.result
+  }
+
+  async rateLimitRefund (refunds: RateLimitRefund[]): Promise<void> {
+    const now = Date.now()
+    for (const r of refunds) {
+      // the entry (and its expiry) stays; only its state changes
+      const w = refundWindow(this.rateState(r.key, now) as RateWindowState | null, r)
+      if (w !== null) (this.data.get(r.key) as Entry).value = { rl: w }
+      if (r.quota === null) continue
+      const q = refundQuota(this.rateState(r.quota.key, now) as QuotaState | null, r)
+      if (q !== null) (this.data.get(r.quota.key) as Entry).value = { rl: q }
+    }
+  }
+
+  /** a rate-limit key's state (window or quota), null when absent or expired */
+  private rateState (key: string, now: number): RateWindowState | QuotaState | null {
+    const e = this.data.get(key)
+    if (e === undefined || (e.expiresAt !== 0 && e.expiresAt <= now)) return null
+    return typeof e.value === 'object' && 'rl' in e.value ? e.value.rl : null
   }
 
   async publish (channel: string, message: string): Promise<void> {

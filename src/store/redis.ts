@@ -6,7 +6,7 @@
  */
 import { EventEmitter } from 'node:events'
 import { Redis, type RedisOptions } from 'ioredis'
-import { rateLimitSpec, type RateLimitCheck, type RateLimitResult, type Store, type StoreHealth, type StoreState } from './types.js'
+import { LEASE_HEADROOM, rateLimitSpec, type RateLimitCheck, type RateLimitRefund, type RateLimitResult, type Store, type StoreHealth, type StoreState } from './types.js'
 import { answeredWithin } from '../answered-within.js'
 import { CheckBatcher, clusterSlot } from '../rate-limit-batcher.js'
 
@@ -19,12 +19,13 @@ return 0`
 
 // The same arithmetic as decideRateLimit() in types.ts, for a batch of checks (see src/rate-limit-batcher.ts), each
 // decided in turn so two checks of one key in a batch see each other. Redis's clock, so replicas agree on windows.
-// KEYS: the batch's distinct keys. ARGV[1]: 8 comma-separated numbers per check: its window key's and its quota
-// key's index in KEYS (the window key's again when it has no quota), windowMs, max, cost, burst, quota max
-// (0 = none), quota period. One packed argument rather than 8 per check: ioredis spent about 1.5 µs per check
-// turning a batch's arguments into a command. A key's state is read once per batch, kept here while the batch's
-// checks are decided, and written once at the end. Returns 7 integers per check: allowed, remaining, resetMs,
-// retryAfterMs, limitedBy (0 none, 1 rate, 2 quota), quotaRemaining, quotaResetMs.
+// KEYS: the batch's distinct keys. ARGV[1]: 9 comma-separated numbers per check: its window key's and its quota
+// key's index in KEYS (the window key's again when it has no quota), the units wanted ahead of use (lease, 0 =
+// none), windowMs, max, cost, burst, quota max (0 = none), quota period. One packed argument rather than 9 per
+// check: ioredis spent about 1.5 µs per check turning a batch's arguments into a command. A key's state is read
+// once per batch, kept here while the batch's checks are decided, and written once at the end. Returns 10
+// integers per check: allowed, remaining, resetMs, retryAfterMs, limitedBy (0 none, 1 rate, 2 quota),
+// quotaRemaining, quotaResetMs, units leased, the window's start and the quota's period (for a refund).
 const RATE_LIMIT = `local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local v = {}
@@ -32,10 +33,10 @@ for x in string.gmatch(ARGV[1], '[^,]+') do v[#v + 1] = tonumber(x) end
 local out = {}
 local rs = {}
 local qs = {}
-for a = 0, #v - 8, 8 do
-  local ki = v[a + 1]; local qi = v[a + 2]
-  local w = v[a + 3]; local max = v[a + 4]; local cost = v[a + 5]
-  local burst = v[a + 6]; local qmax = v[a + 7]; local qper = v[a + 8]
+for a = 0, #v - 9, 9 do
+  local ki = v[a + 1]; local qi = v[a + 2]; local want = v[a + 3]
+  local w = v[a + 4]; local max = v[a + 5]; local cost = v[a + 6]
+  local burst = v[a + 7]; local qmax = v[a + 8]; local qper = v[a + 9]
   local ok = true; local rate = true; local quotaOk = true
   local remaining = -1; local remainingIfAllowed = -1; local reset = 0; local retry = 0
   local s, c, p, tat, nt = now, 0, 0, 0, 0
@@ -108,18 +109,28 @@ for a = 0, #v - 8, 8 do
   end
   local by = 0
   if ok then
+    local g = 0
+    if want > 0 and w > 0 and burst >= max then
+      g = math.floor(remainingIfAllowed / ${LEASE_HEADROOM})
+      if qmax > 0 then g = math.min(g, math.floor(qremIfAllowed / ${LEASE_HEADROOM})) end
+      g = math.max(0, math.min(g, want))
+      remainingIfAllowed = remainingIfAllowed - g
+      if qmax > 0 then qremIfAllowed = qremIfAllowed - g end
+    end
     if st ~= nil then
-      st[1] = s; st[2] = c + cost; st[3] = p; st[4] = nt; st[5] = true; st[6] = w
+      st[1] = s; st[2] = c + cost + g; st[3] = p; st[4] = nt; st[5] = true; st[6] = w
     end
     if qt ~= nil then
-      qt[1] = qw; qt[2] = qc + cost; qt[3] = true; qt[4] = qper
+      qt[1] = qw; qt[2] = qc + cost + g; qt[3] = true; qt[4] = qper
     end
     out[#out + 1] = 1; out[#out + 1] = remainingIfAllowed; out[#out + 1] = reset; out[#out + 1] = 0
     out[#out + 1] = 0; out[#out + 1] = qremIfAllowed; out[#out + 1] = qreset
+    out[#out + 1] = g; out[#out + 1] = s; out[#out + 1] = qw
   else
     if quotaOk then by = 1 else by = 2 end
     out[#out + 1] = 0; out[#out + 1] = remaining; out[#out + 1] = reset; out[#out + 1] = retry
     out[#out + 1] = by; out[#out + 1] = qrem; out[#out + 1] = qreset
+    out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = 0
   end
 end
 for ki, st in pairs(rs) do
@@ -136,10 +147,48 @@ for qi, qt in pairs(qs) do
 end
 return out`
 
+// Leased units given back (refundWindow/refundQuota in types.ts). KEYS: the refunds' window and quota keys.
+// ARGV[1]: 6 numbers per refund: its window key's index in KEYS, its quota key's index (0 = none), windowMs, the
+// window's start, units, the quota's period. HSET keeps each key's expiry.
+const RATE_LIMIT_REFUND = `local v = {}
+for x in string.gmatch(ARGV[1], '[^,]+') do v[#v + 1] = tonumber(x) end
+for a = 0, #v - 6, 6 do
+  local ki = v[a + 1]; local qi = v[a + 2]; local w = v[a + 3]; local s = v[a + 4]; local n = v[a + 5]
+  local h = redis.call('HMGET', KEYS[ki], 's', 'c', 'p')
+  if h[1] then
+    local s0 = tonumber(h[1])
+    if s0 == s then
+      redis.call('HSET', KEYS[ki], 'c', math.max(0, (tonumber(h[2]) or 0) - n))
+    elseif s0 == s + w then
+      redis.call('HSET', KEYS[ki], 'p', math.max(0, (tonumber(h[3]) or 0) - n))
+    end
+  end
+  if qi > 0 then
+    local q = redis.call('HMGET', KEYS[qi], 'w', 'c')
+    if q[1] and tonumber(q[1]) == v[a + 6] then
+      redis.call('HSET', KEYS[qi], 'c', math.max(0, (tonumber(q[2]) or 0) - n))
+    end
+  end
+end
+return 0`
+
+/** The distinct keys of one script call, namespaced, and each one's index in KEYS (1-based, as Lua counts). */
+class KeyIndex {
+  readonly keys: string[] = []
+  readonly #index = new Map<string, number>()
+  constructor (private readonly prefix: string) {}
+  of (key: string): number {
+    let i = this.#index.get(key)
+    if (i === undefined) { i = this.keys.push(this.prefix + key); this.#index.set(key, i) }
+    return i
+  }
+}
+
 interface GwRedis extends Redis {
   gwIncr (key: string, by: number, ttlMs: number): Promise<number>
   gwDelIfEquals (key: string, value: string): Promise<number>
   gwRateLimit (numKeys: number, ...keysThenPacked: string[]): Promise<number[]>
+  gwRateLimitRefund (numKeys: number, ...keysThenPacked: string[]): Promise<number>
 }
 
 export interface RedisStoreOptions {
@@ -331,6 +380,7 @@ export class RedisStore implements Store {
       // each batch in a Pipeline object of its own
       c = this.client.duplicate({ commandTimeout: undefined, lazyConnect: true, enableAutoPipelining: false }) as GwRedis
       c.defineCommand('gwRateLimit', { lua: RATE_LIMIT })
+      c.defineCommand('gwRateLimitRefund', { lua: RATE_LIMIT_REFUND })
       c.on('error', () => { /* the main connection reports the store's state */ })
       this.rateLimitConn = c
       this.rateLimitConnecting = c.connect().then(() => {}, () => {}).finally(() => { this.rateLimitConnecting = null })
@@ -340,22 +390,16 @@ export class RedisStore implements Store {
   }
 
   private async rateLimitBatch (checks: RateLimitCheck[]): Promise<RateLimitResult[]> {
-    const keys: string[] = []
-    const index = new Map<string, number>()
-    const indexOf = (key: string): number => {
-      let i = index.get(key)
-      if (i === undefined) { i = keys.push(this.k(key)); index.set(key, i) }
-      return i
-    }
+    const keys = new KeyIndex(this.opts.prefix)
     let packed = ''
     for (const c of checks) {
       const q = c.quota ?? null
-      const ki = indexOf(c.key)
-      packed += (packed === '' ? '' : ',') + ki + ',' + (q === null ? ki : indexOf(q.key)) + ',' + (c.spec ?? rateLimitSpec(c))
+      const ki = keys.of(c.key)
+      packed += (packed === '' ? '' : ',') + ki + ',' + (q === null ? ki : keys.of(q.key)) + ',' + (c.lease ?? 0) + ',' + (c.spec ?? rateLimitSpec(c))
     }
-    const r = await (await this.rateLimitClient()).gwRateLimit(keys.length, ...keys, packed)
+    const r = await (await this.rateLimitClient()).gwRateLimit(keys.keys.length, ...keys.keys, packed)
     const out: RateLimitResult[] = []
-    for (let i = 0; i + 6 < r.length; i += 7) {
+    for (let i = 0; i + 9 < r.length; i += 10) {
       const by = r[i + 4]
       out.push({
         allowed: r[i] === 1,
@@ -365,9 +409,36 @@ export class RedisStore implements Store {
         limitedBy: by === 1 ? 'rate' : by === 2 ? 'quota' : null,
         quotaRemaining: r[i + 5] as number,
         quotaResetMs: r[i + 6] as number,
+        leased: r[i + 7] as number,
+        windowStart: r[i + 8] as number,
+        quotaPeriod: r[i + 9] as number,
       })
     }
     return out
+  }
+
+  async rateLimitRefund (refunds: RateLimitRefund[]): Promise<void> {
+    if (this.closing) throw new Error('the store is closed')
+    if (refunds.length === 0) return
+    const c = await this.rateLimitClient()
+    // one call per Cluster slot (a refund's keys share their hash tag), one call otherwise
+    const groups = new Map<number, RateLimitRefund[]>()
+    const cluster = (this.client as { isCluster?: boolean }).isCluster === true
+    for (const r of refunds) {
+      const slot = cluster ? clusterSlot(r.key) : 0
+      const group = groups.get(slot)
+      if (group === undefined) groups.set(slot, [r])
+      else group.push(r)
+    }
+    await Promise.all([...groups.values()].map(async (group) => {
+      const keys = new KeyIndex(this.opts.prefix)
+      let packed = ''
+      for (const r of group) {
+        packed += (packed === '' ? '' : ',') + keys.of(r.key) + ',' + (r.quota === null ? 0 : keys.of(r.quota.key)) + ',' +
+          r.windowMs + ',' + r.windowStart + ',' + r.units + ',' + (r.quota === null ? 0 : r.quota.period)
+      }
+      await this.within(c.gwRateLimitRefund(keys.keys.length, ...keys.keys, packed))
+    }))
   }
 
   async publish (channel: string, message: string): Promise<void> { await this.within(this.client.publish(this.k(channel), message)) }

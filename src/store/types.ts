@@ -23,6 +23,12 @@ export interface RateLimitResult {
   quotaRemaining?: number
   /** ms until the quota period ends; 0 when the check has no quota */
   quotaResetMs?: number
+  /** units granted ahead of use on top of the request's own cost (RateLimitCheck.lease), already counted and
+   *  already taken out of `remaining` and `quotaRemaining`; 0 or absent when none */
+  leased?: number
+  /** with `leased`: the start of the window they were counted in, and the quota period's index (for a refund) */
+  windowStart?: number
+  quotaPeriod?: number
 }
 
 /** A longer-period allowance counted in fixed periods aligned to the Unix epoch (so "1d" resets at 00:00 UTC). */
@@ -50,7 +56,29 @@ export interface RateLimitCheck {
    * (rateLimitSpec) instead of once per request. Must agree with the fields; a store may ignore it.
    */
   spec?: string
+  /**
+   * Units wanted ahead of use, on top of `cost` (a replica's lease, src/rate-limit-lease.ts). Granted only when
+   * the request is allowed, the limit has no burst below max, and the window (and quota) have room to spare: at
+   * most a LEASE_HEADROOM-th of what would remain after the request. Granted units are counted like requests.
+   */
+  lease?: number
 }
+
+/** A lease's unused units, given back to the window (and quota) they were counted in. */
+export interface RateLimitRefund {
+  key: string
+  windowMs: number
+  /** RateLimitResult.windowStart of the grant */
+  windowStart: number
+  units: number
+  quota: { key: string, period: number } | null
+}
+
+/**
+ * A lease is at most this share of what the window (and quota) would have left after the request: near the limit
+ * checks are exact again, and units held by one replica can only keep a small share of the allowance from others.
+ */
+export const LEASE_HEADROOM = 4
 
 /** RateLimitCheck.spec for these numbers. */
 export function rateLimitSpec (c: Pick<RateLimitCheck, 'windowMs' | 'max' | 'cost' | 'burst'> & { quota?: Pick<RateLimitQuota, 'max' | 'periodMs'> | null }): string {
@@ -99,6 +127,8 @@ export interface Store {
 
   /** one atomic limiter check: a sliding window (previous window weighted by its remaining share + current) */
   rateLimit (check: RateLimitCheck): Promise<RateLimitResult>
+  /** give leased units back (refundRateLimit); a window or period that has moved on since is left alone */
+  rateLimitRefund (refunds: RateLimitRefund[]): Promise<void>
 
   publish (channel: string, message: string): Promise<void>
   /** resolves once subscribed; the returned function unsubscribes */
@@ -120,7 +150,7 @@ export interface Store {
  * Nothing is written for a refused request.
  */
 export function decideRateLimit (now: number, check: RateLimitCheck, win: RateWindowState | null, quota: QuotaState | null): {
-  result: RateLimitResult & { limitedBy: 'rate' | 'quota' | null, quotaRemaining: number, quotaResetMs: number }
+  result: RateLimitResult & { limitedBy: 'rate' | 'quota' | null, quotaRemaining: number, quotaResetMs: number, leased: number }
   /** state to write when allowed (null when refused or when the check has no window / no quota) */
   window: RateWindowState | null
   quota: QuotaState | null
@@ -200,6 +230,19 @@ export function decideRateLimit (now: number, check: RateLimitCheck, win: RateWi
     }
     nextQuota = { w: qw, c: qc + cost }
   }
+  let leased = 0
+  const want = check.lease ?? 0
+  if (ok && want > 0 && w > 0 && burst >= max) {
+    leased = Math.floor(remainingIfAllowed / LEASE_HEADROOM)
+    if (q != null) leased = Math.min(leased, Math.floor(quotaRemainingIfAllowed / LEASE_HEADROOM))
+    leased = Math.max(0, Math.min(leased, want))
+    if (leased > 0) {
+      remainingIfAllowed -= leased
+      if (q != null) quotaRemainingIfAllowed -= leased
+      if (next !== null) next.c += leased
+      if (nextQuota !== null) nextQuota.c += leased
+    }
+  }
   return {
     result: {
       allowed: ok,
@@ -209,9 +252,29 @@ export function decideRateLimit (now: number, check: RateLimitCheck, win: RateWi
       limitedBy: ok ? null : quotaOk ? 'rate' : 'quota',
       quotaRemaining: ok ? quotaRemainingIfAllowed : quotaRemaining,
       quotaResetMs,
+      leased,
+      windowStart: next?.s ?? 0,
+      quotaPeriod: nextQuota?.w ?? 0,
     },
     window: ok ? next : null,
     quota: ok ? nextQuota : null,
     quotaExpiresAt,
   }
+}
+
+/**
+ * A refund's effect on a key's state (MemoryStore runs this, RedisStore the same in Lua): the units come off the
+ * count of the window they were counted in, or off the previous window's count when the key has moved one window
+ * on since; off the quota's count while it is still the same period. Never below zero; null = nothing to change.
+ */
+export function refundWindow (win: RateWindowState | null, r: RateLimitRefund): RateWindowState | null {
+  if (win === null) return null
+  if (win.s === r.windowStart) return { ...win, c: Math.max(0, win.c - r.units) }
+  if (win.s === r.windowStart + r.windowMs) return { ...win, p: Math.max(0, win.p - r.units) }
+  return null
+}
+
+export function refundQuota (quota: QuotaState | null, r: RateLimitRefund): QuotaState | null {
+  if (quota === null || r.quota === null || quota.w !== r.quota.period) return null
+  return { w: quota.w, c: Math.max(0, quota.c - r.units) }
 }
