@@ -67,8 +67,6 @@ interface Lease {
   expiresAt: number
   /** where the units were counted, for their refund */
   refund: RateLimitRefund | null
-  /** units to ask for with the next check */
-  want: number
   /** units granted by the last answer, and spent from them */
   granted: number
   spent: number
@@ -105,9 +103,6 @@ export class RateLimitLeases {
     this.#timer.unref()
   }
 
-  /** subjects with a lease entry (for tests and the admin status) */
-  get size (): number { return this.#leases.size }
-
   /**
    * A decision from the units this replica holds for `key`, or null when it holds too few (the caller then calls
    * check()). Synchronous: no store, no promise.
@@ -142,7 +137,7 @@ export class RateLimitLeases {
       if (this.#leases.size >= this.#maxSubjects) return this.#limiter.check(check, localMax, localBurst)
       e = {
         spec: check.spec, units: 0, remaining: 0, quotaRemaining: -1, resetAt: 0, quotaResetAt: 0, expiresAt: now + this.#ms,
-        refund: null, want: 0, granted: 0, spent: 0, demand: 0, waiters: null, lastUse: now,
+        refund: null, granted: 0, spent: 0, demand: 0, waiters: null, lastUse: now,
       }
       this.#leases.set(check.key, e)
       // the first request of a subject is checked exactly: its demand is not known yet
@@ -164,7 +159,6 @@ export class RateLimitLeases {
   }
 
   #send (e: Lease, check: RateLimitCheck, localMax: number, localBurst: number, want: number): Promise<Outcome> {
-    e.want = want
     const waiters: Waiter[] = []
     e.waiters = waiters
     const asked: RateLimitCheck = want > 0 ? { ...check, lease: want } : check

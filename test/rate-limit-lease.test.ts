@@ -72,6 +72,22 @@ async function countedBecomes (redis: RedisServer, want: number, ms = 5000): Pro
   return c
 }
 
+/**
+ * Makes sure this replica holds some leased units after `before` admitted requests: one more request leaves some held when
+ * none were (it asks for a lease). Returns how many requests were admitted then, and the count in Redis.
+ */
+async function holdSome (app: FastifyInstance, redis: RedisServer, before: number): Promise<{ admitted: number, counted: number }> {
+  let admitted = before
+  let c = await counted(redis)
+  for (let i = 0; i < 3 && c === admitted; i++) {
+    assert.equal((await hit(app)).statusCode, 200)
+    admitted++
+    c = await counted(redis)
+  }
+  assert.ok(c > admitted, `units held: counted ${c}, admitted ${admitted}`)
+  return { admitted, counted: c }
+}
+
 test('a busy client: most requests are decided from leased units, each with its own remaining count; unspent units go back to Redis', async (t) => {
   const redis = await startRedis(t)
   const up = await startUpstream(t)
@@ -88,15 +104,8 @@ test('a busy client: most requests are decided from leased units, each with its 
   assert.ok(s.leases > 0, 'leases granted')
   assert.ok(s.leaseServed > 300, `${s.leaseServed} of 400 requests decided from leases`)
 
-  // units still held are counted in Redis; one more request leaves some held when none were
-  let c = await counted(redis)
-  let admitted = 400
-  for (let i = 0; i < 3 && c === admitted; i++) {
-    assert.equal((await hit(app)).statusCode, 200)
-    admitted++
-    c = await counted(redis)
-  }
-  assert.ok(c > admitted, `units held: counted ${c}, admitted ${admitted}`)
+  // units still held are counted in Redis
+  const { admitted } = await holdSome(app, redis, 400)
   // the lease ends (RATE_LIMIT_LEASE_MS 300 ms): what was not spent goes back
   assert.equal(await countedBecomes(redis, admitted), admitted)
   assert.ok((await status(app)).leaseReturned > 0)
@@ -147,14 +156,7 @@ test('shutdown gives unspent units back; an admin reset drops the subject\'s lea
   // leases last long here: only the reset and the shutdown end them
   const app = await gateway(t, redis, up, 10_000, { RATE_LIMIT_LEASE_MS: '60000' })
   await load(app, 200, 20)
-  let c = await counted(redis)
-  let admitted = 200
-  for (let i = 0; i < 3 && c === admitted; i++) {
-    await hit(app)
-    admitted++
-    c = await counted(redis)
-  }
-  assert.ok(c > admitted, `units held: counted ${c}, admitted ${admitted}`)
+  await holdSome(app, redis, 200)
 
   const reset = await app.inject({ method: 'DELETE', url: `/admin/rate-limits?ip=${IP}`, headers: { authorization: `Bearer ${ADMIN}` } })
   assert.equal(reset.statusCode, 200)
@@ -164,14 +166,7 @@ test('shutdown gives unspent units back; an admin reset drops the subject\'s lea
   assert.equal(await counted(redis), 1)
 
   await load(app, 100, 20)
-  c = await counted(redis)
-  admitted = 101
-  for (let i = 0; i < 3 && c === admitted; i++) {
-    await hit(app)
-    admitted++
-    c = await counted(redis)
-  }
-  assert.ok(c > admitted, `units held: counted ${c}, admitted ${admitted}`)
+  const { admitted } = await holdSome(app, redis, 101)
   await app.close()
   assert.equal(await counted(redis), admitted)
 })
@@ -181,14 +176,7 @@ test('Redis gone while units are held: they are still spent, then the local fall
   const up = await startUpstream(t)
   const app = await gateway(t, redis, up, 10_000, { REDIS_COMMAND_TIMEOUT: '300ms' })
   await load(app, 200, 20)
-  let c = await counted(redis)
-  let admitted = 200
-  for (let i = 0; i < 3 && c === admitted; i++) {
-    await hit(app)
-    admitted++
-    c = await counted(redis)
-  }
-  assert.ok(c > admitted, `units held: counted ${c}, admitted ${admitted}`)
+  const { admitted, counted: c } = await holdSome(app, redis, 200)
   const held = c - admitted
   const before = await status(app)
   await redis.stop()
