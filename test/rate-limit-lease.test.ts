@@ -31,6 +31,13 @@ async function gateway (t: Parameters<typeof buildApp>[0], redis: RedisServer, u
   })
 }
 
+/** a private redis-server, an upstream and a gateway on both */
+async function setup (t: Parameters<typeof buildApp>[0], max: number, env: Record<string, string> = {}): Promise<{ redis: RedisServer, up: Upstream, app: FastifyInstance }> {
+  const redis = await startRedis(t)
+  const up = await startUpstream(t)
+  return { redis, up, app: await gateway(t, redis, up, max, env) }
+}
+
 const hit = async (app: FastifyInstance): Promise<LightMyRequestResponse> => await app.inject({ url: '/busy', remoteAddress: IP })
 
 /** `total` requests, `concurrency` at a time */
@@ -89,9 +96,7 @@ async function holdSome (app: FastifyInstance, redis: RedisServer, before: numbe
 }
 
 test('a busy client: most requests are decided from leased units, each with its own remaining count; unspent units go back to Redis', async (t) => {
-  const redis = await startRedis(t)
-  const up = await startUpstream(t)
-  const app = await gateway(t, redis, up, 10_000)
+  const { redis, up, app } = await setup(t, 10_000)
   const answers = await load(app, 400, 20)
   assert.deepEqual([...new Set(answers.map((a) => a.statusCode))], [200])
   assert.equal(up.hits, 400)
@@ -112,9 +117,7 @@ test('a busy client: most requests are decided from leased units, each with its 
 })
 
 test('a client slower than the lease period is checked in Redis request by request: nothing leased, nothing to give back', async (t) => {
-  const redis = await startRedis(t)
-  const up = await startUpstream(t)
-  const app = await gateway(t, redis, up, 10_000, { RATE_LIMIT_LEASE_MS: '100' })
+  const { redis, up, app } = await setup(t, 10_000, { RATE_LIMIT_LEASE_MS: '100' })
   for (let i = 0; i < 4; i++) {
     const res = await hit(app)
     assert.equal(res.statusCode, 200)
@@ -128,9 +131,7 @@ test('a client slower than the lease period is checked in Redis request by reque
 })
 
 test('near the limit checks are exact again: exactly the limit passes, and nothing is left held', async (t) => {
-  const redis = await startRedis(t)
-  const up = await startUpstream(t)
-  const app = await gateway(t, redis, up, 300)
+  const { redis, up, app } = await setup(t, 300)
   const answers = await load(app, 400, 20)
   assert.equal(answers.filter((a) => a.statusCode === 200).length, 300)
   assert.equal(answers.filter((a) => a.statusCode === 429).length, 100)
@@ -140,9 +141,7 @@ test('near the limit checks are exact again: exactly the limit passes, and nothi
 })
 
 test('RATE_LIMIT_LEASE=0: every request asks Redis', async (t) => {
-  const redis = await startRedis(t)
-  const up = await startUpstream(t)
-  const app = await gateway(t, redis, up, 10_000, { RATE_LIMIT_LEASE: '0' })
+  const { redis, up, app } = await setup(t, 10_000, { RATE_LIMIT_LEASE: '0' })
   await load(app, 100, 10)
   assert.equal(await counted(redis), 100)
   const s = await status(app)
@@ -151,10 +150,8 @@ test('RATE_LIMIT_LEASE=0: every request asks Redis', async (t) => {
 })
 
 test('shutdown gives unspent units back; an admin reset drops the subject\'s leases with its counts', async (t) => {
-  const redis = await startRedis(t)
-  const up = await startUpstream(t)
   // leases last long here: only the reset and the shutdown end them
-  const app = await gateway(t, redis, up, 10_000, { RATE_LIMIT_LEASE_MS: '60000' })
+  const { redis, up, app } = await setup(t, 10_000, { RATE_LIMIT_LEASE_MS: '60000' })
   await load(app, 200, 20)
   await holdSome(app, redis, 200)
 
@@ -172,9 +169,7 @@ test('shutdown gives unspent units back; an admin reset drops the subject\'s lea
 })
 
 test('Redis gone while units are held: they are still spent, then the local fallback decides; the failed refund is counted', async (t) => {
-  const redis = await startRedis(t)
-  const up = await startUpstream(t)
-  const app = await gateway(t, redis, up, 10_000, { REDIS_COMMAND_TIMEOUT: '300ms' })
+  const { redis, up, app } = await setup(t, 10_000, { REDIS_COMMAND_TIMEOUT: '300ms' })
   await load(app, 200, 20)
   const { admitted, counted: c } = await holdSome(app, redis, 200)
   const held = c - admitted
