@@ -51,14 +51,7 @@ export class CheckBatcher<C, R> {
       for (let i = 0; i < queue.length; i += maxPerCall) this.#send(queue.length <= maxPerCall ? queue : queue.slice(i, i + maxPerCall))
       return
     }
-    const bySlot = new Map<number, Array<Pending<C, R>>>()
-    for (const p of queue) {
-      const slot = slotOf(p.check)
-      const group = bySlot.get(slot)
-      if (group === undefined) bySlot.set(slot, [p])
-      else group.push(p)
-    }
-    for (const group of bySlot.values()) {
+    for (const group of groupBySlot(queue, (p) => slotOf(p.check))) {
       for (let i = 0; i < group.length; i += maxPerCall) this.#send(group.length <= maxPerCall ? group : group.slice(i, i + maxPerCall))
     }
   }
@@ -76,6 +69,18 @@ export class CheckBatcher<C, R> {
       for (let i = 0; i < batch.length; i++) (batch[i] as Pending<C, R>).resolve(results[i] as R)
     }, fail)
   }
+}
+
+/** `items` in groups of one Redis Cluster slot each, in their order within a group */
+export function groupBySlot<T> (items: readonly T[], slotOf: (item: T) => number): Iterable<T[]> {
+  const bySlot = new Map<number, T[]>()
+  for (const item of items) {
+    const slot = slotOf(item)
+    const group = bySlot.get(slot)
+    if (group === undefined) bySlot.set(slot, [item])
+    else group.push(item)
+  }
+  return bySlot.values()
 }
 
 // ---- Redis Cluster key slots (CRC16-XMODEM of the hash tag, mod 16384: the Redis Cluster specification) ---------

@@ -8,7 +8,7 @@ import { EventEmitter } from 'node:events'
 import { Redis, type RedisOptions } from 'ioredis'
 import { LEASE_HEADROOM, rateLimitSpec, type RateLimitCheck, type RateLimitRefund, type RateLimitResult, type Store, type StoreHealth, type StoreState } from './types.js'
 import { answeredWithin } from '../answered-within.js'
-import { CheckBatcher, clusterSlot } from '../rate-limit-batcher.js'
+import { CheckBatcher, clusterSlot, groupBySlot } from '../rate-limit-batcher.js'
 
 const INCR = `local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -287,6 +287,9 @@ export class RedisStore implements Store {
 
   private k (key: string): string { return this.opts.prefix + key }
 
+  /** a Redis Cluster client: a script call may only touch keys of one slot */
+  private get isCluster (): boolean { return (this.client as { isCluster?: boolean }).isCluster === true }
+
   /** a command of the main connection, bounded by REDIS_COMMAND_TIMEOUT (src/answered-within.ts) */
   private within<T> (p: Promise<T>): Promise<T> { return answeredWithin(p, this.opts.commandTimeoutMs, 'Command timed out') }
 
@@ -359,7 +362,7 @@ export class RedisStore implements Store {
     this.rateLimits ??= new CheckBatcher<RateLimitCheck, RateLimitResult>({
       send: async (checks) => await this.rateLimitBatch(checks),
       // one call per slot on Cluster (the keys of a check share their hash tag); one call per turn otherwise
-      slotOf: (this.client as { isCluster?: boolean }).isCluster === true ? (c) => clusterSlot(c.key) : null,
+      slotOf: this.isCluster ? (c) => clusterSlot(c.key) : null,
       timeoutMs: this.opts.commandTimeoutMs,
     })
     // no async wrapper: the batcher's promise is the caller's (one promise per check on the hot path)
@@ -422,15 +425,8 @@ export class RedisStore implements Store {
     if (refunds.length === 0) return
     const c = await this.rateLimitClient()
     // one call per Cluster slot (a refund's keys share their hash tag), one call otherwise
-    const groups = new Map<number, RateLimitRefund[]>()
-    const cluster = (this.client as { isCluster?: boolean }).isCluster === true
-    for (const r of refunds) {
-      const slot = cluster ? clusterSlot(r.key) : 0
-      const group = groups.get(slot)
-      if (group === undefined) groups.set(slot, [r])
-      else group.push(r)
-    }
-    await Promise.all([...groups.values()].map(async (group) => {
+    const groups = this.isCluster ? groupBySlot(refunds, (r) => clusterSlot(r.key)) : [refunds]
+    await Promise.all([...groups].map(async (group) => {
       const keys = new KeyIndex(this.opts.prefix)
       let packed = ''
       for (const r of group) {
