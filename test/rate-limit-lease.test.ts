@@ -27,7 +27,13 @@ async function gateway (t: Parameters<typeof buildApp>[0], redis: RedisServer, u
       PRESSURE_MAX_HEAP_USED: '0',
       ...env,
     },
-    declare: [defineUpstream({ name: 'svc', targets: [up.url] }), defineRoutes({ upstream: 'svc', routes: [{ method: 'GET', url: '/busy', rateLimit: { max, per: '1m' } }] })],
+    declare: [defineUpstream({ name: 'svc', targets: [up.url] }), defineRoutes({
+      upstream: 'svc',
+      routes: [
+        { method: 'GET', url: '/busy', rateLimit: { max, per: '1m' } },
+        { method: 'GET', url: '/quota', rateLimit: { max: 100_000, per: '1m', quota: { max: 1000, per: '1d' } } },
+      ],
+    })],
   })
 }
 
@@ -38,16 +44,16 @@ async function setup (t: Parameters<typeof buildApp>[0], max: number, env: Recor
   return { redis, up, app: await gateway(t, redis, up, max, env) }
 }
 
-const hit = async (app: FastifyInstance): Promise<LightMyRequestResponse> => await app.inject({ url: '/busy', remoteAddress: IP })
+const hit = async (app: FastifyInstance, url = '/busy'): Promise<LightMyRequestResponse> => await app.inject({ url, remoteAddress: IP })
 
 /** `total` requests, `concurrency` at a time */
-async function load (app: FastifyInstance, total: number, concurrency: number): Promise<LightMyRequestResponse[]> {
+async function load (app: FastifyInstance, total: number, concurrency: number, url = '/busy'): Promise<LightMyRequestResponse[]> {
   const out: LightMyRequestResponse[] = []
   let next = 0
   await Promise.all(Array.from({ length: concurrency }, async () => {
     while (next < total) {
       next++
-      out.push(await hit(app))
+      out.push(await hit(app, url))
     }
   }))
   return out
@@ -62,19 +68,22 @@ async function status (app: FastifyInstance): Promise<Status> {
 }
 
 /** the window count this client has in Redis */
-async function counted (redis: RedisServer): Promise<number> {
-  const keys = (await redisCommand(redis, 'KEYS', 'gw:rl:*')) as string[]
-  assert.equal(keys.length, 1, `one window key: ${keys.join(', ')}`)
+const counted = async (redis: RedisServer): Promise<number> => await countedIn(redis, 'rl')
+
+/** the count of this client's only key of `kind` in Redis (rl: windows, q: quotas) */
+async function countedIn (redis: RedisServer, kind: 'rl' | 'q'): Promise<number> {
+  const keys = (await redisCommand(redis, 'KEYS', `gw:${kind}:*`)) as string[]
+  assert.equal(keys.length, 1, `one ${kind} key: ${keys.join(', ')}`)
   return Number(await redisCommand(redis, 'HGET', keys[0] as string, 'c'))
 }
 
 /** polls until the count in Redis is `want` (bounded), returns the last count seen */
-async function countedBecomes (redis: RedisServer, want: number, ms = 5000): Promise<number> {
+async function countedBecomes (redis: RedisServer, want: number, kind: 'rl' | 'q' = 'rl', ms = 5000): Promise<number> {
   const until = Date.now() + ms
-  let c = await counted(redis)
+  let c = await countedIn(redis, kind)
   while (c !== want && Date.now() < until) {
     await sleep(50)
-    c = await counted(redis)
+    c = await countedIn(redis, kind)
   }
   return c
 }
@@ -114,6 +123,18 @@ test('a busy client: most requests are decided from leased units, each with its 
   // the lease ends (RATE_LIMIT_LEASE_MS 300 ms): what was not spent goes back
   assert.equal(await countedBecomes(redis, admitted), admitted)
   assert.ok((await status(app)).leaseReturned > 0)
+})
+
+test('a quota is leased with the window: units come off both, the headers count the quota, and both go back', async (t) => {
+  const { redis, app } = await setup(t, 10_000)
+  const answers = await load(app, 300, 20, '/quota')
+  assert.deepEqual([...new Set(answers.map((a) => a.statusCode))], [200])
+  // the quota (1000 a day) is the tighter policy: each answer has its own place in it
+  const remaining = answers.map((a) => Number(a.headers['ratelimit-remaining'])).sort((x, y) => y - x)
+  assert.deepEqual(remaining, Array.from({ length: 300 }, (_, i) => 999 - i))
+  assert.ok((await status(app)).leaseServed > 0)
+  assert.equal(await countedBecomes(redis, 300, 'q'), 300)
+  assert.equal(await countedBecomes(redis, 300, 'rl'), 300)
 })
 
 test('a client slower than the lease period is checked in Redis request by request: nothing leased, nothing to give back', async (t) => {
