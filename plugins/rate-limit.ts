@@ -26,7 +26,7 @@ import type { Client } from '../src/client.js'
 import type { Declarations, PlanPolicy, RoutePolicy } from '../src/policy.js'
 import { GW_ERR_BAD_REQUEST, GW_ERR_QUOTA_EXCEEDED, GW_ERR_RATE_LIMITED, GW_ERR_STORE_UNAVAILABLE } from '../src/errors.js'
 import { GuardedLimiter, UNAVAILABLE, envOf, newStats, type Decision, type OnStoreError, type RateLimitStats } from '../src/rate-limit-limiter.js'
-import { rateLimitSpec, type RateLimitCheck } from '../src/store/types.js'
+import { leasableLimit, rateLimitSpec, type RateLimitCheck } from '../src/store/types.js'
 import { RateLimitLeases } from '../src/rate-limit-lease.js'
 import { sendProblem } from './problem.js'
 import { addRouteHook } from '../src/route-hooks.js'
@@ -118,7 +118,7 @@ function compileLimit (rate: { max: number, perMs: number, burst: number } | nul
     per: formatDuration(windowMs),
     quotaPer: quota === null ? '' : formatDuration(quota.perMs),
     spec: rateLimitSpec({ windowMs, max, cost, burst, quota: quota === null ? null : { max: quota.max, periodMs: quota.perMs } }),
-    leasable: windowMs > 0 && burst >= max,
+    leasable: leasableLimit(windowMs, max, burst),
   }
 }
 
@@ -286,10 +286,11 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
           clientKeys.set(client, keys)
         }
       } else keys = keysOf(subjectFor(request))
-      const now = leases !== null && limit.leasable ? Date.now() : 0
-      if (now !== 0) {
+      const lease = limit.leasable ? leases : null
+      const now = lease === null ? 0 : Date.now()
+      if (lease !== null) {
         // units this replica holds for the subject: decided here, without the store
-        const held = (leases as RateLimitLeases).take(keys.rate, cost, limit.spec, now)
+        const held = lease.take(keys.rate, cost, limit.spec, now)
         if (held !== null) {
           try { apply(request, reply, limit, held, done) } catch (err) { done(err as Error) }
           return
@@ -305,7 +306,7 @@ async function gwRateLimit (app: FastifyInstance, opts: { config: GatewayConfig,
         spec: limit.spec,
       }
       const decided = limit
-      const decision = now !== 0 ? (leases as RateLimitLeases).check(check, limit.localMax, limit.localBurst, now) : limiter.check(check, limit.localMax, limit.localBurst)
+      const decision = lease !== null ? lease.check(check, limit.localMax, limit.localBurst, now) : limiter.check(check, limit.localMax, limit.localBurst)
       decision.then((r) => {
         try { apply(request, reply, decided, r, done) } catch (err) { done(err as Error) }
       }, done)

@@ -127,9 +127,12 @@ export class RateLimitLeases {
     }
   }
 
-  /** The decision from the store, asking for a lease when this subject's demand calls for one. */
+  /**
+   * The decision from the store, asking for a lease when this subject's demand calls for one. For checks of a
+   * leasable limit (leasableLimit in src/store/types.ts): the store grants nothing to others anyway.
+   */
   check (check: RateLimitCheck, localMax: number, localBurst: number, now: number): Promise<Outcome> {
-    if (this.#closed || this.#limiter.stats.mode !== 'shared' || check.windowMs <= 0 || (check.burst ?? check.max) < check.max) {
+    if (this.#closed || this.#limiter.stats.mode !== 'shared') {
       return this.#limiter.check(check, localMax, localBurst)
     }
     let e = this.#leases.get(check.key)
@@ -171,43 +174,40 @@ export class RateLimitLeases {
   #answered (e: Lease, check: RateLimitCheck, r: Outcome, waiters: Waiter[]): Outcome {
     if (e.waiters === waiters) e.waiters = null
     const now = Date.now()
-    const leased = r !== null && typeof r === 'object' && r.allowed && r.local !== true ? r.leased ?? 0 : 0
+    const granted = r !== null && typeof r === 'object' && r.allowed && r.local !== true && (r.leased ?? 0) > 0 ? r : null
+    const leased = granted?.leased ?? 0
     e.granted = leased
     e.spent = 0
     let demand = 0
     for (const w of waiters) demand += w.check.cost
     e.demand = demand
-    if (leased > 0 && r !== null && typeof r === 'object') {
-      this.#stats.leases++
-      const quota = check.quota ?? null
-      e.units = leased
-      e.remaining = r.remaining
-      e.quotaRemaining = quota === null ? -1 : r.quotaRemaining ?? -1
-      e.resetAt = now + r.resetMs
-      e.quotaResetAt = now + (r.quotaResetMs ?? 0)
-      // spent only within the window (and quota period) they were counted in
-      e.expiresAt = Math.min(now + this.#ms, e.resetAt, quota === null ? Infinity : e.quotaResetAt)
-      e.refund = {
-        key: check.key,
-        windowMs: check.windowMs,
-        windowStart: r.windowStart ?? 0,
-        units: 0,
-        quota: quota === null ? null : { key: quota.key, period: r.quotaPeriod ?? 0 },
-      }
-    } else {
+    if (granted === null) {
       e.expiresAt = now + this.#ms
-    }
-    if (leased === 0) {
       // nothing to share: the waiters are checked in the store together (one batch), as they would have been
       for (const w of waiters) this.#limiter.check(w.check, w.localMax, w.localBurst).then(w.resolve, w.reject)
       return r
     }
+    this.#stats.leases++
+    const quota = check.quota ?? null
+    e.units = leased
+    e.remaining = granted.remaining
+    e.quotaRemaining = quota === null ? -1 : granted.quotaRemaining ?? -1
+    e.resetAt = now + granted.resetMs
+    e.quotaResetAt = now + (granted.quotaResetMs ?? 0)
+    // spent only within the window (and quota period) they were counted in
+    e.expiresAt = Math.min(now + this.#ms, e.resetAt, quota === null ? Infinity : e.quotaResetAt)
+    e.refund = {
+      key: check.key,
+      windowMs: check.windowMs,
+      windowStart: granted.windowStart ?? 0,
+      units: 0,
+      quota: quota === null ? null : { key: quota.key, period: granted.quotaPeriod ?? 0 },
+    }
     // the requester's place in the count: the units this replica now holds are not spent yet
-    const own = r as Decision
-    const mine: Decision = { ...own, remaining: own.remaining + leased, quotaRemaining: e.quotaRemaining < 0 ? own.quotaRemaining : e.quotaRemaining + leased }
+    const mine: Decision = { ...granted, remaining: granted.remaining + leased, quotaRemaining: e.quotaRemaining < 0 ? granted.quotaRemaining : e.quotaRemaining + leased }
     for (const w of waiters) {
-      const d = this.take(w.check.key, w.check.cost, w.check.spec, now)
-      if (d !== null) w.resolve(d)
+      const held = this.take(w.check.key, w.check.cost, w.check.spec, now)
+      if (held !== null) w.resolve(held)
       else this.check(w.check, w.localMax, w.localBurst, now).then(w.resolve, w.reject)
     }
     return mine

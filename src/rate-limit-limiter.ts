@@ -15,11 +15,12 @@ import type { FastifyBaseLogger } from 'fastify'
 import { VARS, type GatewayConfig } from './config.js'
 import { MemoryStore } from './store/memory.js'
 import type { RateLimitCheck, RateLimitResult, Store } from './store/types.js'
+import type { LeaseStats } from './rate-limit-lease.js'
 
 export type OnStoreError = 'local' | 'open' | 'closed'
 
 /** Counters for the metrics plugin (numeric fields are exported as gateway_ratelimit_events_total{event}). */
-export interface RateLimitStats {
+export interface RateLimitStats extends LeaseStats {
   /** 'shared' while decisions are made in the store, 'fallback' while RATE_LIMIT_ON_STORE_ERROR applies */
   mode: 'shared' | 'fallback'
   /** requests allowed by a rate-limit check */
@@ -38,11 +39,6 @@ export interface RateLimitStats {
   fallbackEntered: number
   /** requests refused by the pre-auth per-IP flood limit (plugins/flood.ts) */
   floodLimited: number
-  /** leases granted, requests decided from them, units given back and units whose refund failed (rate-limit-lease.ts) */
-  leases: number
-  leaseServed: number
-  leaseReturned: number
-  leaseReturnFailed: number
 }
 
 /** The fallback's answer when RATE_LIMIT_ON_STORE_ERROR=closed. */

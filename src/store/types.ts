@@ -80,6 +80,11 @@ export interface RateLimitRefund {
  */
 export const LEASE_HEADROOM = 4
 
+/** Whether a limit's units may be leased at all: a window, and no burst below max (GCRA spaces its requests). */
+export function leasableLimit (windowMs: number, max: number, burst: number): boolean {
+  return windowMs > 0 && burst >= max
+}
+
 /** RateLimitCheck.spec for these numbers. */
 export function rateLimitSpec (c: Pick<RateLimitCheck, 'windowMs' | 'max' | 'cost' | 'burst'> & { quota?: Pick<RateLimitQuota, 'max' | 'periodMs'> | null }): string {
   const q = c.quota ?? null
@@ -127,7 +132,7 @@ export interface Store {
 
   /** one atomic limiter check: a sliding window (previous window weighted by its remaining share + current) */
   rateLimit (check: RateLimitCheck): Promise<RateLimitResult>
-  /** give leased units back (refundRateLimit); a window or period that has moved on since is left alone */
+  /** give leased units back (refundWindow, refundQuota); a window or period that has moved on since is left alone */
   rateLimitRefund (refunds: RateLimitRefund[]): Promise<void>
 
   publish (channel: string, message: string): Promise<void>
@@ -232,7 +237,7 @@ export function decideRateLimit (now: number, check: RateLimitCheck, win: RateWi
   }
   let leased = 0
   const want = check.lease ?? 0
-  if (ok && want > 0 && w > 0 && burst >= max) {
+  if (ok && want > 0 && leasableLimit(w, max, burst)) {
     leased = Math.floor(remainingIfAllowed / LEASE_HEADROOM)
     if (q != null) leased = Math.min(leased, Math.floor(quotaRemainingIfAllowed / LEASE_HEADROOM))
     leased = Math.max(0, Math.min(leased, want))
