@@ -13,7 +13,7 @@
  * combined (geometric mean): that start-order bias cancels out.
  */
 import { join } from 'node:path'
-import { measure, rowsByName, startInfra, startServer, type Infra, type Server } from './bench.js'
+import { measure, rowsByName, startInfra, startServer, warmUp, type Infra, type Server } from './bench.js'
 import { memoryMb } from './lib/procs.js'
 import { median, renderTable } from './lib/table.js'
 import type { RowDef } from './rows.js'
@@ -24,6 +24,7 @@ export interface AbOptions {
   slices: number
   durationS: number
   warmupS: number
+  warmupRequests: number
   connections: number
   pin: boolean
   log: (line: string) => void
@@ -83,10 +84,11 @@ export async function runAb (opts: AbOptions, thisDist: string): Promise<AbRow[]
             const ctx = (s: Server) => ({ base: s.base, adminToken: infra.adminToken, jwtSecret: infra.jwtSecret, logFile: s.logFile, features: infra.features })
             const specA = await rowA.prepare(ctx(a))
             const specB = await rowB.prepare(ctx(b))
-            const load = { connections: opts.connections, durationS: opts.durationS, warmupS: 0 }
+            const load = { connections: opts.connections, durationS: opts.durationS, warmupS: 0, warmupRequests: 0 }
             // warm both: JIT, pools, caches
-            await measure(a.child.pid, specA, infra, { ...load, durationS: opts.warmupS })
-            await measure(b.child.pid, specB, infra, { ...load, durationS: opts.warmupS })
+            const warm = { connections: opts.connections, warmupS: opts.warmupS, warmupRequests: opts.warmupRequests }
+            await warmUp(specA, warm)
+            await warmUp(specB, warm)
             const pairs: Array<{ rps: number, cpu: number }> = []
             for (let i = 0; i < opts.slices; i++) {
               const first = i % 2 === 0 ? 'a' : 'b'

@@ -24,6 +24,7 @@ export interface BenchOptions {
   rounds: number
   durationS: number
   warmupS: number
+  warmupRequests: number
   connections: number
   pin: boolean
   /** keep one process per row for all rounds (shows RSS growth from round to round) */
@@ -42,6 +43,8 @@ export interface RoundMetrics {
   meanMs: number
   completed: number
   durationS: number
+  /** the warm-up before this round's measured run: seconds and requests (absent in older files) */
+  warmup?: { seconds: number, requests: number }
   /** µs of CPU (user + system, all threads) of the measured process per answered request */
   cpuUsPerReq: number | null
   /** VmHWM of the measured process after the run (MB) */
@@ -95,6 +98,8 @@ export interface BenchMeta {
   connections: number
   durationS: number
   warmupS: number
+  /** the warm-up's least number of answers (absent in files written before it existed: time only) */
+  warmupRequests?: number
   rounds: number
   redis: string
   commit: string
@@ -259,13 +264,54 @@ export interface Measured {
   redis: ReturnType<typeof diffCounters>
   /** the measured run on the monotonic clock (µs), the clock V8 stamps profile samples with */
   window: { startUs: number, endUs: number }
+  /** how long the warm-up before it took, and how many requests it sent */
+  warmup: { seconds: number, requests: number }
 }
 
 const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n)
 
+export interface WarmUpOptions {
+  connections: number
+  /** at least this long (s); 0 = no warm-up at all */
+  warmupS: number
+  /** and until the process has answered at least this many requests (0 = time only) */
+  warmupRequests: number
+}
+
+/** the warm-up as the table's header says it */
+export function describeWarmUp (warmupS: number, warmupRequests = 0): string {
+  if (warmupS <= 0) return 'no warm-up'
+  return `a warm-up of at least ${warmupS} s` + (warmupRequests > 0 ? ` and ${warmupRequests.toLocaleString('en-US')} requests` : '')
+}
+
+/** the warm-up's bound in time, whatever warmupRequests asks: a row that slow is measured as it is by then */
+export const WARMUP_MAX_S = 20
+
+/**
+ * Load until the process is warm: at least `warmupS` seconds, then one more second at a time until it has answered
+ * `warmupRequests` requests (at most WARMUP_MAX_S in all). V8 compiles the hot path with its optimizing compiler
+ * after a number of calls, not of seconds: a fresh gateway answered at about a quarter of its steady rate for its
+ * first second under load and reached that rate after 4,000-6,000 requests (bench/README.md, tenth session), and a
+ * slow row gets there later in seconds. What is measured after it is the steady state a long-running gateway is in.
+ */
+export async function warmUp (spec: LoadSpec, opts: WarmUpOptions): Promise<{ seconds: number, requests: number }> {
+  if (opts.warmupS <= 0) return { seconds: 0, requests: 0 }
+  const first = await runLoad(spec, { connections: opts.connections, durationS: opts.warmupS })
+  let seconds = first.durationS
+  let requests = first.completed
+  while (requests < opts.warmupRequests && seconds < WARMUP_MAX_S) {
+    const r = await runLoad(spec, { connections: opts.connections, durationS: Math.min(1, WARMUP_MAX_S - seconds) })
+    seconds += r.durationS
+    requests += r.completed
+    // nothing answers: more load will not warm it (the measured run reports the errors)
+    if (r.completed === 0) break
+  }
+  return { seconds, requests }
+}
+
 /** warm-up, then the measured run between two snapshots of the process's CPU time and Redis's counters */
-export async function measure (pid: number, spec: LoadSpec, infra: Infra, opts: { connections: number, durationS: number, warmupS: number }): Promise<Measured> {
-  if (opts.warmupS > 0) await runLoad(spec, { connections: opts.connections, durationS: opts.warmupS })
+export async function measure (pid: number, spec: LoadSpec, infra: Infra, opts: WarmUpOptions & { durationS: number }): Promise<Measured> {
+  const warmup = await warmUp(spec, opts)
   const r0 = await infra.redis.counters()
   const cpu0 = cpuMicros(pid)
   const startUs = monotonicUs()
@@ -274,7 +320,7 @@ export async function measure (pid: number, spec: LoadSpec, infra: Infra, opts: 
   const cpu1 = cpuMicros(pid)
   const r1 = await infra.redis.counters()
   const mem = memoryMb(pid)
-  return { load, cpuUs: cpu0 === null || cpu1 === null ? null : cpu1 - cpu0, mem, redis: diffCounters(r0, r1), window: { startUs, endUs } }
+  return { load, cpuUs: cpu0 === null || cpu1 === null ? null : cpu1 - cpu0, mem, redis: diffCounters(r0, r1), window: { startUs, endUs }, warmup }
 }
 
 function toRound (round: number, m: Measured): RoundMetrics {
@@ -287,6 +333,7 @@ function toRound (round: number, m: Measured): RoundMetrics {
     meanMs: m.load.mean,
     completed: m.load.completed,
     durationS: m.load.durationS,
+    warmup: { seconds: Math.round(m.warmup.seconds * 10) / 10, requests: m.warmup.requests },
     cpuUsPerReq: m.cpuUs === null || m.load.completed === 0 ? null : m.cpuUs / m.load.completed,
     rssPeakMb: m.mem?.peak ?? null,
     rssMb: m.mem?.current ?? null,
@@ -385,6 +432,7 @@ export async function runBench (opts: BenchOptions): Promise<BenchResult> {
       connections: opts.connections,
       durationS: opts.durationS,
       warmupS: opts.warmupS,
+      warmupRequests: opts.warmupRequests,
       rounds: opts.rounds,
       redis: infra.redis.version,
       commit: gitCommit(),

@@ -10,7 +10,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
-import { gatewayEnv, measure, startGateway, startInfra, type Infra, type Measured } from './bench.js'
+import { describeWarmUp, gatewayEnv, measure, startGateway, startInfra, type Infra, type Measured } from './bench.js'
 import { httpRequest } from './lib/http.js'
 import type { LoadSpec } from './lib/load.js'
 import { DIST, freePort, memoryMb, sleep } from './lib/procs.js'
@@ -24,6 +24,7 @@ export interface GrowthOptions {
   rounds: number
   durationS: number
   warmupS: number
+  warmupRequests: number
   connections: number
   pin: boolean
   /** which measurements: startup (10/1,000/10,000 routes), routes (1 vs 10,000), keys (10 vs 100,000) */
@@ -178,7 +179,7 @@ export async function runGrowth (opts: GrowthOptions): Promise<{ text: string, j
   try {
     out.push(
       `fastgate growth  ${String((json.meta as { date: string }).date)}  node ${process.version}  ${infra.pinning.describe}`,
-      `load: autocannon, ${opts.connections} connections, ${opts.durationS} s after a ${opts.warmupS} s warm-up; medians of ${opts.rounds} round(s), a fresh gateway each`,
+      `load: autocannon, ${opts.connections} connections, ${opts.durationS} s after ${describeWarmUp(opts.warmupS, opts.warmupRequests)}; medians of ${opts.rounds} round(s), a fresh gateway each`,
     )
     // ---- 1. start time and RSS --------------------------------------------------------------------------------
     const sizes = opts.sections.has('startup') ? [10, 1_000, 10_000] : []

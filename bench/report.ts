@@ -1,6 +1,6 @@
 /** The printed table of a run, and the comparison of two result files. */
 import { readFileSync } from 'node:fs'
-import type { BenchResult, RowResult } from './bench.js'
+import { describeWarmUp, type BenchResult, type RowResult } from './bench.js'
 import { DASH, num, pct, ratio, renderTable, type Column } from './lib/table.js'
 
 const COLUMNS: Column[] = [
@@ -23,7 +23,7 @@ export function header (r: BenchResult): string {
   const m = r.meta
   return [
     `fastgate bench  ${m.date}  node ${m.node}  ${m.cpus}  commit ${m.commit}`,
-    `load: autocannon, ${m.connections} connections, ${m.durationS} s per row after a ${m.warmupS} s warm-up, ${m.rounds} round${m.rounds === 1 ? '' : 's'}; ` +
+    `load: autocannon, ${m.connections} connections, ${m.durationS} s per row after ${describeWarmUp(m.warmupS, m.warmupRequests)}, ${m.rounds} round${m.rounds === 1 ? '' : 's'}; ` +
       'medians of the rounds, ratios taken within each round (min–max = their spread)',
     `pinning: ${m.pinning}` + (m.loadAverage === undefined ? '' : `; load average ${m.loadAverage.before.toFixed(2)} before, ${m.loadAverage.after.toFixed(2)} after (${m.cpus.split(' ')[0] ?? '?'} cores)`),
     `upstream: node:http keep-alive, 1024-byte JSON; redis-server ${m.redis} on loopback. ` +

@@ -17,7 +17,9 @@ const HELP = `npm run bench -- [options]
   --rows a,b,c        rows to run (default: all but floor): ${ROW_NAMES.join(', ')}
   --rounds N          repeat the list of rows N times (default 3); the table shows medians
   --duration S        measured seconds per row (default 5)
-  --warmup S          warm-up seconds before each measured run (default 1; 0 = none)
+  --warmup S          warm-up before each measured run: at least S seconds (default 2; 0 = none) ...
+  --warmup-requests N ... and until the process has answered N requests (default 20000; 0 = time only;
+                      at most 20 s in all): a fresh gateway reaches its steady rate after some thousands
   --connections N     concurrent connections of the load generator (default 50)
   --out FILE          where the JSON results go (default bench/results/bench-<date>.json)
   --compare OLD.json  after the run, print the change of every row against OLD.json
@@ -70,6 +72,7 @@ async function main (): Promise<void> {
       rounds: { type: 'string' },
       duration: { type: 'string' },
       warmup: { type: 'string' },
+      'warmup-requests': { type: 'string' },
       connections: { type: 'string' },
       out: { type: 'string' },
       compare: { type: 'string' },
@@ -101,7 +104,8 @@ async function main (): Promise<void> {
   const common = {
     rounds: positiveInt('rounds', values.rounds, 3, 1, 100),
     durationS: seconds('duration', values.duration, 5, 0.5),
-    warmupS: seconds('warmup', values.warmup, 1, 0),
+    warmupS: seconds('warmup', values.warmup, 2, 0),
+    warmupRequests: positiveInt('warmup-requests', values['warmup-requests'], 20_000, 0),
     connections: positiveInt('connections', values.connections, 50, 1, 1000),
     pin: !values['no-pin'],
     log,

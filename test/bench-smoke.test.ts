@@ -33,12 +33,14 @@ test('bench harness: one short round of direct, floor, passthrough and rateLimit
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   const out = join(dir, 'result.json')
 
-  const res = await runHarness(['--rows', 'direct,floor,passthrough,rateLimit', '--rounds', '1', '--duration', '1', '--warmup', '0', '--connections', '10', '--out', out], 60_000)
+  // a warm-up that asks for more requests than its 0.3 s give at 10 connections: it goes on, a second at a time
+  const res = await runHarness(['--rows', 'direct,floor,passthrough,rateLimit', '--rounds', '1', '--duration', '1', '--warmup', '0.3', '--warmup-requests', '1500', '--connections', '10', '--out', out], 60_000)
   assert.equal(res.code, 0, `harness failed:\n${res.stderr}\n${res.stdout}`)
 
   // the table: its header, one line per row with numbers (not n/a), and where the JSON went
   assert.match(res.stdout, /^row\s+req\/s\s+p50 ms\s+p99 ms\s+× direct.*redis cmd\/req\s+redis rt\/req\s+redis CPU µs\/req\s+errors$/m)
   assert.match(res.stdout, /^pinning: /m)
+  assert.match(res.stdout, /^load: autocannon, 10 connections, 1 s per row after a warm-up of at least 0\.3 s and 1,500 requests, 1 round;/m)
   assert.match(res.stdout, /^direct\s+[\d,]+\s/m)
   assert.match(res.stdout, /^floor\s+[\d,]+\s/m, `floor did not run:\n${res.stdout}\n${res.stderr}`)
   assert.match(res.stdout, /^passthrough\s+[\d,]+\s/m, `passthrough did not run:\n${res.stdout}\n${res.stderr}`)
@@ -48,7 +50,7 @@ test('bench harness: one short round of direct, floor, passthrough and rateLimit
   assert.ok(existsSync(out), 'the JSON results file is written')
   const json = JSON.parse(readFileSync(out, 'utf8')) as {
     meta: { rounds: number, durationS: number, connections: number, rows: string[] }
-    rows: Array<{ name: string, status: string, reason: string | null, rounds: Array<{ rps: number, completed: number, cpuUsPerReq: number | null, rssPeakMb: number | null, errors: number, redis: { cmdsPerReq: number, cpuUsPerReq: number } }>, summary: { rps: number, ratioDirect: number[] } | null }>
+    rows: Array<{ name: string, status: string, reason: string | null, rounds: Array<{ rps: number, completed: number, warmup: { seconds: number, requests: number }, cpuUsPerReq: number | null, rssPeakMb: number | null, errors: number, redis: { cmdsPerReq: number, cpuUsPerReq: number } }>, summary: { rps: number, ratioDirect: number[] } | null }>
   }
   assert.deepEqual(json.meta.rows, ['direct', 'floor', 'passthrough', 'rateLimit'])
   assert.equal(json.meta.rounds, 1)
@@ -61,6 +63,7 @@ test('bench harness: one short round of direct, floor, passthrough and rateLimit
     const r = row.rounds[0]
     assert.ok(r !== undefined && r.completed > 0 && r.rps > 0, `${name} answered requests`)
     assert.equal(r.errors, 0, `${name} answered without errors`)
+    assert.ok(r.warmup.requests >= 1500 && r.warmup.seconds >= 0.3, `${name} was warmed up with at least 1,500 requests: ${JSON.stringify(r.warmup)}`)
     assert.ok(r.rssPeakMb !== null && r.rssPeakMb > 0, `${name} has a peak RSS`)
     assert.ok(row.summary !== null && row.summary.ratioDirect.length === 1)
     // Redis's own CPU is counted: the rate-limited row spends some, a row that never touches Redis next to none
