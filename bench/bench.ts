@@ -292,7 +292,8 @@ export const WARMUP_MAX_S = 20
  * `warmupRequests` requests (at most WARMUP_MAX_S in all). V8 compiles the hot path with its optimizing compiler
  * after a number of calls, not of seconds: a fresh gateway answered at about a quarter of its steady rate for its
  * first second under load and reached that rate after 4,000-6,000 requests, the baseline after about 7,500
- * (bench/README.md, tenth session); a slow row gets there later in seconds. What is measured after it is the steady state a long-running gateway is in.
+ * (bench/README.md, tenth session); a slow row gets there later in seconds. What is measured after it is the
+ * steady state that a long-running gateway is in.
  */
 export async function warmUp (spec: LoadSpec, opts: WarmUpOptions): Promise<{ seconds: number, requests: number }> {
   if (opts.warmupS <= 0) return { seconds: 0, requests: 0 }
