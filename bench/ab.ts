@@ -86,9 +86,8 @@ export async function runAb (opts: AbOptions, thisDist: string): Promise<AbRow[]
             const specB = await rowB.prepare(ctx(b))
             const load = { connections: opts.connections, durationS: opts.durationS, warmupS: 0, warmupRequests: 0 }
             // warm both: JIT, pools, caches
-            const warm = { connections: opts.connections, warmupS: opts.warmupS, warmupRequests: opts.warmupRequests }
-            await warmUp(specA, warm)
-            await warmUp(specB, warm)
+            await warmUp(specA, opts)
+            await warmUp(specB, opts)
             const pairs: Array<{ rps: number, cpu: number }> = []
             for (let i = 0; i < opts.slices; i++) {
               const first = i % 2 === 0 ? 'a' : 'b'

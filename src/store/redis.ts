@@ -176,10 +176,11 @@ return 0`
 class KeyIndex {
   readonly keys: string[] = []
   readonly #index = new Map<string, number>()
-  constructor (private readonly prefix: string) {}
+  /** `name`: the key as stored (RedisStore.k) */
+  constructor (private readonly name: (key: string) => string) {}
   of (key: string): number {
     let i = this.#index.get(key)
-    if (i === undefined) { i = this.keys.push(this.prefix + key); this.#index.set(key, i) }
+    if (i === undefined) { i = this.keys.push(this.name(key)); this.#index.set(key, i) }
     return i
   }
 }
@@ -393,7 +394,7 @@ export class RedisStore implements Store {
   }
 
   private async rateLimitBatch (checks: RateLimitCheck[]): Promise<RateLimitResult[]> {
-    const keys = new KeyIndex(this.opts.prefix)
+    const keys = new KeyIndex((key) => this.k(key))
     let packed = ''
     for (const c of checks) {
       const q = c.quota ?? null
@@ -427,7 +428,7 @@ export class RedisStore implements Store {
     // one call per Cluster slot (a refund's keys share their hash tag), one call otherwise
     const groups = this.isCluster ? groupBySlot(refunds, (r) => clusterSlot(r.key)) : [refunds]
     await Promise.all([...groups].map(async (group) => {
-      const keys = new KeyIndex(this.opts.prefix)
+      const keys = new KeyIndex((key) => this.k(key))
       let packed = ''
       for (const r of group) {
         packed += (packed === '' ? '' : ',') + keys.of(r.key) + ',' + (r.quota === null ? 0 : keys.of(r.quota.key)) + ',' +
