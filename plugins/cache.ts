@@ -29,7 +29,7 @@ import type { CachePolicy, Declarations, RoutePolicy } from '../src/policy.js'
 import type { Store } from '../src/store/types.js'
 import { decodeStored, encodeEntry, encodeMarker, makeEntry, type CacheEntry, type Stored } from '../src/cache-entry.js'
 import { CACHEABLE_STATUS, ERROR_STATUS, NOT_MODIFIED_HEADERS, freshness, notModified, parseCacheControl, parseVary, weakEtag } from '../src/cache-http.js'
-import { digest, INVALIDATE_CHANNEL, lockKeyOf, splitUrl, TAG, tagKeyOf, urlKeyPrefix } from '../src/cache-key.js'
+import { digest, INVALIDATE_CHANNEL, KeyMemo, lockKeyOf, splitUrl, TAG, tagKeyOf } from '../src/cache-key.js'
 import { L1Cache, ownBuffer } from '../src/cache-l1.js'
 import { invalidates, parseInvalidation, purgeCache, type Invalidation, type PurgeSelector } from '../src/cache-purge.js'
 import { GW_ERR_CACHE_ONLY_IF_CACHED, GW_ERR_STORE_UNAVAILABLE } from '../src/errors.js'
@@ -178,6 +178,7 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
   const lockTtlMs = setting<number>(config, 'CACHE_LOCK_TTL')
   const lockWaitMs = setting<number>(config, 'CACHE_LOCK_WAIT')
   const stats = { hits: 0, misses: 0, stale: 0, bypasses: 0, stored: 0 }
+  const keys = new KeyMemo()
 
   // A tag set lives as long as the longest-lived entry any route can make, so that it never expires before one
   // of its members (a set's expiry is reset by every entry added to it).
@@ -274,7 +275,7 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
       material += (v === undefined ? '\u0001' : headerText(v)) + '\n'
     }
     if (!rt.shared) material += identity(request, rt)
-    st.baseKey = urlKeyPrefix(path, query) + digest(material)
+    st.baseKey = keys.baseKey(material, path, query)
     st.key = st.baseKey
     if (refresh !== undefined) {
       st.key = refresh.key
@@ -548,44 +549,58 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
       .finally(() => refreshing.delete(e.key))
   }
 
+  /**
+   * The route handler. Not async: a fresh L1 hit (the hot case) is answered without a promise; everything that may
+   * wait (a store read, a fill, the upstream) goes on in lookupThenProxy.
+   */
   function cacheThenProxy (rt: RouteCache, proxy: ProxyHandler): RouteHandlerMethod {
-    return async function cacheThenProxy (request: FastifyRequest, reply: FastifyReply) {
+    return function cacheThenProxy (request: FastifyRequest, reply: FastifyReply) {
       const st = begin(request, reply, rt)
-      if (st.phase === Phase.Lookup) {
-        if (st.revalidate) {
-          // RFC 9111 §5.2.1.7: a stored answer that must be revalidated cannot satisfy only-if-cached
-          if (st.onlyIfCached && st.lock === null) throw new GW_ERR_CACHE_ONLY_IF_CACHED()
-          goUpstream(st, request, reply, request.method === 'HEAD' ? Phase.Pass : Phase.Fill)
-        } else {
-          const now = Date.now()
-          let e: CacheEntry | null | undefined = readL1(st, request, now)
-          if (e !== undefined && fresh(st, e, now)) return await serve(request, reply, st, e, 'HIT', now)
-          if (e === undefined) {
-            try { e = await readStore(st, request, now) } catch { e = null; bypass(st, reply) }
+      if (st.phase !== Phase.Lookup || st.revalidate) return lookupThenProxy(st, request, reply, proxy, 0, undefined)
+      const now = Date.now()
+      const e = readL1(st, request, now)
+      if (e !== undefined && fresh(st, e, now)) {
+        const sent = serve(request, reply, st, e, 'HIT', now)
+        return sent === reply ? undefined : sent
+      }
+      return lookupThenProxy(st, request, reply, proxy, now, e)
+    }
+  }
+
+  /** The rest of a lookup (l1Entry: what L1 held, not fresh enough; undefined when L1 had nothing), then the proxy. */
+  async function lookupThenProxy (st: CacheState, request: FastifyRequest, reply: FastifyReply, proxy: ProxyHandler, now: number, l1Entry: CacheEntry | undefined): Promise<FastifyReply> {
+    if (st.phase === Phase.Lookup) {
+      if (st.revalidate) {
+        // RFC 9111 §5.2.1.7: a stored answer that must be revalidated cannot satisfy only-if-cached
+        if (st.onlyIfCached && st.lock === null) throw new GW_ERR_CACHE_ONLY_IF_CACHED()
+        goUpstream(st, request, reply, request.method === 'HEAD' ? Phase.Pass : Phase.Fill)
+      } else {
+        let e: CacheEntry | null | undefined = l1Entry
+        if (e === undefined) {
+          try { e = await readStore(st, request, now) } catch { e = null; bypass(st, reply) }
+        }
+        if (st.phase === Phase.Lookup) {
+          if (e !== null && fresh(st, e, now)) return await serve(request, reply, st, e, 'HIT', now)
+          if (e !== null && now < e.staleWhileRevalidateUntil && st.maxAge < 0 && st.minFresh < 0) {
+            refreshInBackground(request, e)
+            return await serve(request, reply, st, e, 'STALE', now)
           }
-          if (st.phase === Phase.Lookup) {
-            if (e !== null && fresh(st, e, now)) return await serve(request, reply, st, e, 'HIT', now)
-            if (e !== null && now < e.staleWhileRevalidateUntil && st.maxAge < 0 && st.minFresh < 0) {
-              refreshInBackground(request, e)
-              return await serve(request, reply, st, e, 'STALE', now)
-            }
-            if (e !== null && now < e.staleIfErrorUntil) st.stale = e
-            if (st.onlyIfCached) throw new GW_ERR_CACHE_ONLY_IF_CACHED()
-            if (request.method === 'HEAD') goUpstream(st, request, reply, Phase.Pass)
-            else if (await fill(st, request, reply)) return reply
-          }
+          if (e !== null && now < e.staleIfErrorUntil) st.stale = e
+          if (st.onlyIfCached) throw new GW_ERR_CACHE_ONLY_IF_CACHED()
+          if (request.method === 'HEAD') goUpstream(st, request, reply, Phase.Pass)
+          else if (await fill(st, request, reply)) return reply
         }
       }
-      try {
-        await proxy.forward(request, reply)
-        return reply
-      } catch (err) {
-        const served = staleOnError(request, reply, st, err)
-        if (served !== null) return await served
-        settle(st, null)
-        if (st.phase === Phase.Fill) st.phase = Phase.Pass
-        throw err
-      }
+    }
+    try {
+      await proxy.forward(request, reply)
+      return reply
+    } catch (err) {
+      const served = staleOnError(request, reply, st, err)
+      if (served !== null) return await served
+      settle(st, null)
+      if (st.phase === Phase.Fill) st.phase = Phase.Pass
+      throw err
     }
   }
 

@@ -90,3 +90,28 @@ export function tagKeyOf (tag: string): string {
 
 /** Tags are short printable strings (they travel in headers and in keys). */
 export const TAG = /^[\x21-\x7e]{1,128}$/
+
+/** Key material longer than this is not remembered (a long Vary value or path would make the memo costly). */
+export const MEMO_MAX_MATERIAL = 512
+export const MEMO_MAX_ENTRIES = 4096
+
+/**
+ * The base key of each key material seen lately, so that a hot URL costs one map look-up instead of two SHA-256
+ * digests per request. Bounded: emptied when full (the hot keys come back at once), and long material is not kept.
+ */
+export class KeyMemo {
+  private readonly keys = new Map<string, string>()
+
+  baseKey (material: string, path: string, query: string): string {
+    const known = this.keys.get(material)
+    if (known !== undefined) return known
+    const key = urlKeyPrefix(path, query) + digest(material)
+    if (material.length <= MEMO_MAX_MATERIAL) {
+      if (this.keys.size >= MEMO_MAX_ENTRIES) this.keys.clear()
+      this.keys.set(material, key)
+    }
+    return key
+  }
+
+  get size (): number { return this.keys.size }
+}
