@@ -62,7 +62,7 @@ function writeJson (path: string, value: unknown): void {
 
 const show = (p: string): string => {
   const rel = relative(process.cwd(), p)
-  return rel.startsWith('..') ? p : rel
+  return rel === '' ? '. (this build too)' : rel.startsWith('..') ? p : rel
 }
 
 async function main (): Promise<void> {
