@@ -556,8 +556,8 @@ async function gwCache (app: FastifyInstance, opts: { config: GatewayConfig, dec
   function cacheThenProxy (rt: RouteCache, proxy: ProxyHandler): RouteHandlerMethod {
     return function cacheThenProxy (request: FastifyRequest, reply: FastifyReply) {
       const st = begin(request, reply, rt)
-      if (st.phase !== Phase.Lookup || st.revalidate) return lookupThenProxy(st, request, reply, proxy, 0, undefined)
       const now = Date.now()
+      if (st.phase !== Phase.Lookup || st.revalidate) return lookupThenProxy(st, request, reply, proxy, now, undefined)
       const e = readL1(st, request, now)
       if (e !== undefined && fresh(st, e, now)) {
         const sent = serve(request, reply, st, e, 'HIT', now)
