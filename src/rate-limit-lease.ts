@@ -16,7 +16,9 @@
  *   shutdown. Units of a replica that dies are counted until its window passes.
  * - Limits with a burst below max (GCRA spacing) and quota-only limits are never leased.
  * While one lease check of a subject is out, the subject's later requests on this replica wait for its answer
- * instead of asking Redis too; when the answer grants nothing, they go to Redis together (one batch).
+ * instead of asking Redis too. When that check asked for no units (a subject's first request) and was admitted,
+ * the waiters are the demand: the first of them asks for a lease that size and the others wait for it. When Redis
+ * refused a lease that was asked for (near the limit) or refused the request, they go to Redis together (one batch).
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { Decision, GuardedLimiter, UNAVAILABLE } from './rate-limit-limiter.js'
@@ -166,15 +168,16 @@ export class RateLimitLeases {
     e.waiters = waiters
     const asked: RateLimitCheck = want > 0 ? { ...check, lease: want } : check
     return this.#limiter.check(asked, localMax, localBurst).then(
-      (r) => this.#answered(e, check, r, waiters),
-      (err: unknown) => { this.#answered(e, check, null, waiters); throw err })
+      (r) => this.#answered(e, check, r, waiters, want),
+      (err: unknown) => { this.#answered(e, check, null, waiters, want); throw err })
   }
 
   /** takes in the answer to a lease check, hands on its units to the requests that waited; the requester's decision */
-  #answered (e: Lease, check: RateLimitCheck, r: Outcome, waiters: Waiter[]): Outcome {
+  #answered (e: Lease, check: RateLimitCheck, r: Outcome, waiters: Waiter[], asked: number): Outcome {
     if (e.waiters === waiters) e.waiters = null
     const now = Date.now()
-    const granted = r !== null && typeof r === 'object' && r.allowed && r.local !== true && (r.leased ?? 0) > 0 ? r : null
+    const admitted = r !== null && typeof r === 'object' && r.allowed && r.local !== true
+    const granted = admitted && (r.leased ?? 0) > 0 ? r : null
     const leased = granted?.leased ?? 0
     e.granted = leased
     e.spent = 0
@@ -183,7 +186,14 @@ export class RateLimitLeases {
     e.demand = demand
     if (granted === null) {
       e.expiresAt = now + this.#ms
-      // nothing to share: the waiters are checked in the store together (one batch), as they would have been
+      if (admitted && asked === 0 && !this.#closed) {
+        // no units were asked for, and the store had room: the first waiter asks for what they all need, the
+        // others wait for its answer (check() with this demand)
+        for (const w of waiters) this.check(w.check, w.localMax, w.localBurst, now).then(w.resolve, w.reject)
+        return r
+      }
+      // the store refused the lease or the request, or is not answering: the waiters are checked in the store
+      // together (one batch), as they would have been
       for (const w of waiters) this.#limiter.check(w.check, w.localMax, w.localBurst).then(w.resolve, w.reject)
       return r
     }

@@ -213,3 +213,17 @@ test('Redis gone while units are held: they are still spent, then the local fall
   s = await status(app)
   assert.equal(s.mode, 'fallback')
 })
+
+test('a burst that arrives while the first check is out: the waiters ask for a lease together, not each on its own', async (t) => {
+  const { redis, up, app } = await setup(t, 10_000)
+  // all 100 are in flight before the first answer: it asked for nothing (a subject's first request is exact)
+  const answers = await Promise.all(Array.from({ length: 100 }, async () => await hit(app)))
+  assert.deepEqual([...new Set(answers.map((a) => a.statusCode))], [200])
+  assert.equal(up.hits, 100)
+  const remaining = answers.map((a) => Number(a.headers['ratelimit-remaining'])).sort((x, y) => y - x)
+  assert.deepEqual(remaining, Array.from({ length: 100 }, (_, i) => 9999 - i))
+  const s = await status(app)
+  assert.ok(s.leases > 0, 'a lease was granted for the waiters')
+  assert.ok(s.leaseServed >= 50, `${s.leaseServed} of 100 requests decided from leases`)
+  assert.equal(await countedBecomes(redis, 100), 100)
+})
