@@ -173,7 +173,7 @@ export class RateLimitLeases {
   }
 
   /** takes in the answer to a lease check, hands on its units to the requests that waited; the requester's decision */
-  #answered (e: Lease, check: RateLimitCheck, r: Outcome, waiters: Waiter[], asked: number): Outcome {
+  #answered (e: Lease, check: RateLimitCheck, r: Outcome, waiters: Waiter[], want: number): Outcome {
     if (e.waiters === waiters) e.waiters = null
     const now = Date.now()
     const admitted = r !== null && typeof r === 'object' && r.allowed && r.local !== true
@@ -186,9 +186,9 @@ export class RateLimitLeases {
     e.demand = demand
     if (granted === null) {
       e.expiresAt = now + this.#ms
-      if (admitted && asked === 0 && !this.#closed) {
+      if (admitted && want === 0) {
         // no units were asked for, and the store had room: the first waiter asks for what they all need, the
-        // others wait for its answer (check() with this demand)
+        // others wait for its answer (check() with this demand; once closed or in fallback it asks the store)
         for (const w of waiters) this.check(w.check, w.localMax, w.localBurst, now).then(w.resolve, w.reject)
         return r
       }
